@@ -1,0 +1,1 @@
+"""Haven: shared contracts (generated) and the kit every service uses."""

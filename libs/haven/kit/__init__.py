@@ -1,0 +1,1 @@
+"""The small kit every Haven service uses: settings, NATS wiring, telemetry, lifecycle, health."""

@@ -1,0 +1,1 @@
+"""Haven services: each a thin process over the shared kit."""
