@@ -48,8 +48,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         fresh = generate(Path(scratch))
         committed = sorted(p.relative_to(OUTPUT_ROOT) for p in OUTPUT_ROOT.rglob("*_pb2*.py*"))
-        stale = [str(p) for p in fresh if not (OUTPUT_ROOT / p).exists()
-                 or not filecmp.cmp(Path(scratch) / p, OUTPUT_ROOT / p, shallow=False)]
+        stale = [
+            str(p)
+            for p in fresh
+            if not (OUTPUT_ROOT / p).exists()
+            or not filecmp.cmp(Path(scratch) / p, OUTPUT_ROOT / p, shallow=False)
+        ]
         stale += [str(p) for p in committed if p not in fresh]
         if check:
             if stale:

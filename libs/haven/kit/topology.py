@@ -1,0 +1,95 @@
+"""Every stream, subject and KV bucket Haven uses, created idempotently at start.
+
+One subject carries one message type (design.md, "Contracts"). Routing events name the responsible
+local authority's GSS code in the subject, so NATS permissions can give each LA platform its own area.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+# Subjects, one message type each.
+REFERRAL_RECEIVED = "haven.referral.v1.received"  # ReferralReceived
+REFERRAL_FACTS_UPDATED = "haven.referral.v1.facts-updated"  # ReferralFactsUpdated
+ELIGIBILITY_ASSESSED = "haven.eligibility.v1.assessed"  # EligibilityAssessed
+REASSESSMENT_DUE = "haven.eligibility.v1.reassessment-due"  # ReassessmentDue (scheduled)
+ROUTING_ROUTED_PREFIX = "haven.routing.v1.routed"  # ReferralRouted, + ".<GSS code>"
+NOTIFICATION_REQUESTED = "haven.notification.v1.requested"  # NotificationRequested
+NOTIFICATION_DELIVERED = "haven.notification.v1.delivered"  # NotificationDelivered
+NOTIFICATION_DEAD_LETTER = "haven.notification.v1.dead-lettered"  # NotificationRequested
+AUDIT_RECORDED = "haven.audit.v1.recorded"  # FHIR AuditEvent JSON
+
+# Window in which JetStream drops a repeated Nats-Msg-Id: long enough to cover a service restart.
+DUPLICATE_WINDOW_SECONDS = 15 * 60.0
+
+
+def routed_subject(local_authority_gss: str) -> str:
+    """Return the subject of routing events for one local authority."""
+    return f"{ROUTING_ROUTED_PREFIX}.{local_authority_gss or 'UNKNOWN'}"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream and the subjects it holds."""
+
+    name: str
+    subjects: tuple[str, ...]
+
+
+STREAMS = (
+    StreamSpec("HAVEN_REFERRALS", (REFERRAL_RECEIVED, REFERRAL_FACTS_UPDATED)),
+    StreamSpec("HAVEN_ELIGIBILITY", (ELIGIBILITY_ASSESSED,)),
+    StreamSpec("HAVEN_ROUTING", (f"{ROUTING_ROUTED_PREFIX}.*",)),
+    StreamSpec("HAVEN_NOTIFICATIONS", (NOTIFICATION_REQUESTED,)),
+    StreamSpec("HAVEN_DELIVERIES", (NOTIFICATION_DELIVERED,)),
+    StreamSpec("HAVEN_DEAD_LETTERS", (NOTIFICATION_DEAD_LETTER,)),
+    StreamSpec("HAVEN_AUDIT", (AUDIT_RECORDED,)),
+)
+
+# KV buckets holding current state.
+BUCKET_RESOURCES = "haven_resources"  # FHIR resources by "<Type>.<id>"
+BUCKET_INDEX = "haven_index"  # search index keys, e.g. "Task.based-on.<referral>.<task>"
+BUCKET_IDEMPOTENCY = "haven_idempotency"  # request keys -> the answer already given
+BUCKET_SUBSCRIPTIONS = "haven_subscriptions"  # rest-hook subscriptions by id
+BUCKET_DELIVERIES = "haven_deliveries"  # delivery record by notification id
+BUCKET_CAPACITY = "haven_capacity"  # free places per service
+BUCKET_ASSESSMENTS = "haven_assessments"  # latest assessment per referral
+
+BUCKETS = (
+    BUCKET_RESOURCES,
+    BUCKET_INDEX,
+    BUCKET_IDEMPOTENCY,
+    BUCKET_SUBSCRIPTIONS,
+    BUCKET_DELIVERIES,
+    BUCKET_CAPACITY,
+    BUCKET_ASSESSMENTS,
+)
+
+
+async def ensure_topology(js: JetStreamContext) -> None:
+    """Create every stream and bucket that does not exist yet; leave existing ones and their data alone."""
+    for spec in STREAMS:
+        config = StreamConfig(
+            name=spec.name,
+            subjects=list(spec.subjects),
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        )
+        try:
+            await js.stream_info(spec.name)
+            await js.update_stream(config)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:
+                # Another service created it between our look and our add.
+                await js.stream_info(spec.name)
+    for bucket in BUCKETS:
+        try:
+            await js.key_value(bucket)
+        except (NotFoundError, BadRequestError):
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE))

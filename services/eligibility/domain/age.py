@@ -1,0 +1,76 @@
+"""Exact calendar arithmetic for ages and time windows, and the date of birth the rules use.
+
+**Decision** (programmes.md): a child born on 29 February reaches each birthday on 1 March in years
+without one. The same rule applies to every "N months after" date that does not exist (31 August + 6
+months is 1 March): the date rolls forward to the first day that exists, never back.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from services.eligibility.domain.facts import DateOfBirthBasis, DateOfBirthStatement
+
+# Assessed wins (an age assessment, 004 L355); a document beats a claim; an unstated basis counts least.
+_BASIS_RANK = {
+    DateOfBirthBasis.ASSESSED: 3,
+    DateOfBirthBasis.DOCUMENTED: 2,
+    DateOfBirthBasis.CLAIMED: 1,
+    DateOfBirthBasis.UNSPECIFIED: 0,
+}
+
+
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_ONE_DAY = timedelta(days=1)
+
+
+def add_months(start: date, months: int) -> date:
+    """Return the date `months` calendar months after `start`, rolling a missing day forward."""
+    years, month_index = divmod(start.month - 1 + months, 12)
+    year = start.year + years
+    last_day = 29 if month_index == 1 and calendar.isleap(year) else _MONTH_DAYS[month_index]
+    if start.day <= last_day:
+        return date(year, month_index + 1, start.day)
+    return date(year, month_index + 1, last_day) + _ONE_DAY
+
+
+def age_in_months(date_of_birth: date, on: date) -> int:
+    """Return the child's exact age on `on` in whole months (17 years 6 months = 210)."""
+    months = (on.year - date_of_birth.year) * 12 + on.month - date_of_birth.month
+    if months > 0 and add_months(date_of_birth, months) > on:
+        months -= 1
+    return months
+
+
+def describe_age(date_of_birth: date, on: date) -> str:
+    """Return the age in plain words, for rule inputs ("17 years 6 months")."""
+    months = age_in_months(date_of_birth, on)
+    return f"{months // 12} years {months % 12} months"
+
+
+@dataclass(frozen=True, slots=True)
+class AgeBasis:
+    """The date of birth the rules use, how it is known, and whether the statements disagree."""
+
+    date_of_birth: date | None
+    basis: DateOfBirthBasis
+    disputed: bool
+    statements: tuple[DateOfBirthStatement, ...]
+
+
+def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis:
+    """Choose the date of birth the rules use: the best-known basis wins, every statement is kept.
+
+    Two statements of the same basis that disagree are settled by the later date (the younger age),
+    **decision**: the safer reading for a child, since it keeps children's services open longer.
+    """
+    kept = tuple(sorted(statements, key=lambda s: (-_BASIS_RANK[s.basis], s.date)))
+    if not kept:
+        return AgeBasis(None, DateOfBirthBasis.UNSPECIFIED, False, ())
+    best_rank = _BASIS_RANK[kept[0].basis]
+    chosen = max(s.date for s in kept if _BASIS_RANK[s.basis] == best_rank)
+    disputed = len({s.date for s in kept}) > 1
+    return AgeBasis(chosen, kept[0].basis, disputed, kept)
