@@ -13,7 +13,6 @@ from typing import TypeVar
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.referral.v1 import referral_pb2
-
 from services.eligibility.domain import (
     AgeBasis,
     Answer,

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from haven.reference import local_authority
-
 from services.eligibility.domain import Rulebook, RuleSet, load_rulebook
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "programmes"

@@ -58,6 +58,7 @@ BUCKET_SUBSCRIPTIONS = "haven_subscriptions"  # rest-hook subscriptions by id
 BUCKET_DELIVERIES = "haven_deliveries"  # delivery record by notification id
 BUCKET_CAPACITY = "haven_capacity"  # free places per service
 BUCKET_ASSESSMENTS = "haven_assessments"  # latest assessment per referral
+BUCKET_ROUTING = "haven_routing"  # routing outcome per referral and sequence
 
 BUCKETS = (
     BUCKET_RESOURCES,
@@ -67,6 +68,7 @@ BUCKETS = (
     BUCKET_DELIVERIES,
     BUCKET_CAPACITY,
     BUCKET_ASSESSMENTS,
+    BUCKET_ROUTING,
 )
 
 

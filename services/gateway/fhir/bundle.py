@@ -18,8 +18,9 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
-from haven.referral.v1 import referral_pb2 as pb
 from pydantic import ValidationError
+
+from haven.referral.v1 import referral_pb2 as pb
 
 from . import facts as read
 from . import profile as p

