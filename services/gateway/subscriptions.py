@@ -18,12 +18,11 @@ from fastapi.responses import JSONResponse
 from haven.canonical import EXT_SUBSCRIPTION_SECRET, TOPIC_REFERRAL_ROUTED
 from haven.kit.ids import new_id
 from haven.kit.resources import RecordScope
-from haven.organisations import Role
-from services.gateway.auth import CurrentPrincipal, State, require_role
+from services.gateway.auth import CurrentPrincipal, State
 from services.gateway.body import read_json_body
-from services.gateway.errors import ApiError, fhir_response
+from services.gateway.errors import ApiError, api_error, fhir_response
 from services.gateway.fhir import Issue, IssueType
-from services.gateway.reads import read_visible
+from services.gateway.security.access import can_manage_subscriptions, subscription_filter_for
 
 router = APIRouter()
 
@@ -83,7 +82,10 @@ def _validated(body: Any) -> tuple[dict[str, Any], str]:
 @router.post("/fhir/Subscription", summary="Register a rest-hook Subscription")
 async def create_subscription(request: Request, principal: CurrentPrincipal, state: State) -> JSONResponse:
     """Create a Subscription owned by the caller's organisation; the answer shows its secret once."""
-    require_role(principal, Role.LA_PLATFORM, Role.PROVIDER, Role.REFERRER, Role.OPERATOR)
+    if not can_manage_subscriptions(principal, principal.organisation_id):
+        raise api_error(
+            403, IssueType.FORBIDDEN, "only LA platforms, providers and admins hold Subscriptions"
+        )
     resource, secret = _validated(await read_json_body(request, state.settings.max_body_bytes))
     scope = RecordScope(owner_organisation_ids=frozenset({principal.organisation_id}))
     record = {
@@ -104,5 +106,7 @@ async def create_subscription(request: Request, principal: CurrentPrincipal, sta
 @router.get("/fhir/Subscription/{subscription_id}", summary="Read a Subscription")
 async def read_subscription(subscription_id: str, principal: CurrentPrincipal, state: State) -> JSONResponse:
     """Read one of the caller's Subscriptions (without its secret)."""
-    stored = await read_visible(state, principal, "Subscription", subscription_id)
+    stored = await state.store.read("Subscription", subscription_id)
+    if stored is None or not subscription_filter_for(principal).admits(stored.scope):
+        raise api_error(404, IssueType.NOT_FOUND, f"Subscription/{subscription_id} is not known")
     return fhir_response(stored.resource, headers={"ETag": f'W/"{stored.version}"'})

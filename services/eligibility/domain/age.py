@@ -67,6 +67,9 @@ def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis
     Two statements of the same basis that disagree are settled by the later date (the younger age),
     **decision**: the safer reading for a child, since it keeps children's services open longer.
     """
+    if isinstance(statements, frozenset) and len(statements) == 1:  # the common case, without a sort
+        (only,) = statements
+        return AgeBasis(only.date, only.basis, False, (only,))
     kept = tuple(sorted(statements, key=lambda s: (-_BASIS_RANK[s.basis], s.date)))
     if not kept:
         return AgeBasis(None, DateOfBirthBasis.UNSPECIFIED, False, ())

@@ -14,7 +14,6 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from haven.reference import all_local_authorities, oda_africa_years
-
 from services.eligibility.domain.age import add_months, describe_age
 from services.eligibility.domain.facts import ChildFacts
 
@@ -63,10 +62,14 @@ class Area:
         return self.starts_on <= day and (self.ends_on is None or day <= self.ends_on)
 
 
+_AGE_VERDICT_LIMIT = 65536
+_AGE_VERDICTS: dict[tuple[date | None, date], dict[object, Any]] = {}
+
+
 class Context:
     """One child on one date, with the date of birth settled and the programme's enrolment start."""
 
-    __slots__ = ("_age_text", "_reached", "date_of_birth", "facts", "on", "started_on")
+    __slots__ = ("_age_text", "_age_verdicts", "_reached", "date_of_birth", "facts", "on", "started_on")
 
     def __init__(self, facts: ChildFacts, on: date, date_of_birth: date | None) -> None:
         self.facts = facts
@@ -75,6 +78,25 @@ class Context:
         self.started_on: date | None = None
         self._reached: dict[int, date] = {}
         self._age_text = ""
+        self._age_verdicts: dict[object, Any] | None = None
+
+    def age_verdicts(self) -> dict[object, Any]:
+        """Return the age answers for this date of birth on this date, shared by every such context.
+
+        Holds verdicts by (comparison, limit) and the engine's evaluations by rule: both are pure
+        functions of (date of birth, date), so they never go stale. Every programme's "under 18" reads
+        one verdict, and children born on the same day, assessed on the same date, share theirs.
+        """
+        verdicts = self._age_verdicts
+        if verdicts is None:
+            key = (self.date_of_birth, self.on)
+            verdicts = _AGE_VERDICTS.get(key)
+            if verdicts is None:
+                if len(_AGE_VERDICTS) >= _AGE_VERDICT_LIMIT:
+                    _AGE_VERDICTS.clear()
+                verdicts = _AGE_VERDICTS[key] = {}
+            self._age_verdicts = verdicts
+        return verdicts
 
     def reached(self, date_of_birth: date, months: int) -> date:
         """Return the day the child reaches `months` of age (memoised: rules share age limits)."""
@@ -94,23 +116,41 @@ Predicate = Callable[[Context], Verdict]
 # A key for predicates whose answer depends on fact values only, never on the date: the engine reuses
 # their evaluations across children (a handful of possible values each), which keeps assessment fast.
 CacheKey = Callable[[Context], object]
-STATIC_KEYS: dict[int, CacheKey] = {}
 
 
-def _static(check: Predicate, key: CacheKey) -> Predicate:
-    STATIC_KEYS[id(check)] = key
-    return check
+class StaticPredicate:
+    """A predicate whose answer depends only on the facts it names and the date it is asked on.
+
+    `key` picks out what decides the answer; `facts_read` lets the engine key a whole rule set's
+    date-independent answers on one tuple of fact values. The metadata lives on the object (not in a
+    registry keyed by `id`), so a predicate freed with its rulebook can never lend it to a new one.
+    """
+
+    __slots__ = ("check", "facts_read", "key")
+
+    def __init__(self, check: Predicate, key: CacheKey, facts_read: tuple[str, ...]) -> None:
+        self.check = check
+        self.key = key
+        self.facts_read = facts_read
+
+    def __call__(self, ctx: Context) -> Verdict:
+        """Return the verdict for the child and date of `ctx`."""
+        return self.check(ctx)
 
 
-_PASSES: dict[tuple[int, object], bool] = {}
+def _static(check: Predicate, key: CacheKey, *facts_read: str) -> Predicate:
+    return StaticPredicate(check, key, facts_read)
+
+
+_PASSES: dict[tuple[Predicate, object], bool] = {}
 
 
 def passes(predicate: Predicate, ctx: Context) -> bool:
     """Return whether a predicate passes, reusing answers of date-independent ones (routes, reviews)."""
-    key_of = STATIC_KEYS.get(id(predicate))
-    if key_of is None:
+    if not isinstance(predicate, StaticPredicate):
         return predicate(ctx).result is RuleResult.PASS
-    key = (id(predicate), key_of(ctx))
+    # Keyed by the predicate itself, not its id: the dict keeps it alive, so the key stays unique.
+    key = (predicate, predicate.key(ctx))
     answer = _PASSES.get(key)
     if answer is None:
         if len(_PASSES) >= 4096:
@@ -121,7 +161,15 @@ def passes(predicate: Predicate, ctx: Context) -> bool:
 
 def static_key(predicate: Predicate) -> CacheKey | None:
     """Return the cache key of a date-independent predicate, or None for one that reads the date."""
-    return STATIC_KEYS.get(id(predicate))
+    return predicate.key if isinstance(predicate, StaticPredicate) else None
+
+
+def _always_passes(ctx: Context) -> Verdict:
+    return Verdict(RuleResult.PASS, (), (), None)
+
+
+# A route with no condition: static (it reads nothing), so routes never need per-child work.
+ALWAYS: Predicate = StaticPredicate(_always_passes, lambda ctx: None, ())
 
 
 # Facts whose value means "not known"; a referrer saying "unknown" is no better than saying nothing.
@@ -174,8 +222,16 @@ def _describe_limit(months: int) -> str:
 def _age_predicate(params: Mapping[str, Any], comparison: str) -> Predicate:
     months = _months(params)
     limit = _describe_limit(months)
+    signature = (comparison, months)
 
     def check(ctx: Context) -> Verdict:
+        verdicts = ctx.age_verdicts()
+        verdict: Verdict | None = verdicts.get(signature)
+        if verdict is None:
+            verdict = verdicts[signature] = decide(ctx)
+        return verdict
+
+    def decide(ctx: Context) -> Verdict:
         dob = ctx.date_of_birth
         if dob is None:
             return Verdict(UNKNOWN, (("limit", limit),), ("dates_of_birth",), None)
@@ -191,7 +247,20 @@ def _age_predicate(params: Mapping[str, Any], comparison: str) -> Predicate:
             return Verdict(PASS, inputs, (), reached + _ONE_DAY)
         return Verdict(FAIL, inputs, (), None)
 
-    return check
+    return AgePredicate(check)
+
+
+class AgePredicate:
+    """A predicate reading only the settled date of birth and the date: its answers can be shared."""
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: Predicate) -> None:
+        self.check = check
+
+    def __call__(self, ctx: Context) -> Verdict:
+        """Return the verdict for the child and date of `ctx`."""
+        return self.check(ctx)
 
 
 def _enum_fact(params: Mapping[str, Any], negate: bool) -> Predicate:
@@ -208,7 +277,7 @@ def _enum_fact(params: Mapping[str, Any], negate: bool) -> Predicate:
             return Verdict(UNKNOWN, inputs, (fact,), None)
         return Verdict(PASS if (value in values) != negate else FAIL, inputs, (), None)
 
-    return _static(check, lambda ctx: getattr(ctx.facts, fact))
+    return _static(check, lambda ctx: getattr(ctx.facts, fact), fact)
 
 
 def _fact_unknown(params: Mapping[str, Any]) -> Predicate:
@@ -220,7 +289,7 @@ def _fact_unknown(params: Mapping[str, Any]) -> Predicate:
         value = str(getattr(ctx.facts, fact))
         return Verdict(PASS if value in _MISSING_VALUES else FAIL, ((fact, value),), (), None)
 
-    return _static(check, lambda ctx: getattr(ctx.facts, fact))
+    return _static(check, lambda ctx: getattr(ctx.facts, fact), fact)
 
 
 def _nationality_not_in(params: Mapping[str, Any]) -> Predicate:
@@ -234,7 +303,7 @@ def _nationality_not_in(params: Mapping[str, Any]) -> Predicate:
         # A dual national holding an excluded nationality (e.g. GB) is one of its nationals.
         return Verdict(FAIL if nationalities & excluded else PASS, inputs, (), None)
 
-    return _static(check, lambda ctx: ctx.facts.nationalities)
+    return _static(check, lambda ctx: ctx.facts.nationalities, "nationalities")
 
 
 def _nationality_in_oda_africa(params: Mapping[str, Any]) -> Predicate:
@@ -257,7 +326,7 @@ def _nationality_in_oda_africa(params: Mapping[str, Any]) -> Predicate:
         return Verdict(PASS if now else FAIL, inputs, (), date(change, 1, 1) if change else None)
 
     # The answer depends on the year only, so the evaluation is reused within a year.
-    return _static(check, lambda ctx: (ctx.facts.nationalities, ctx.on.year))
+    return _static(check, lambda ctx: (ctx.facts.nationalities, ctx.on.year), "nationalities")
 
 
 def _area_in(params: Mapping[str, Any], areas: Mapping[str, Area]) -> Predicate:
@@ -289,7 +358,7 @@ def _area_in(params: Mapping[str, Any], areas: Mapping[str, Area]) -> Predicate:
         return Verdict(FAIL, inputs, (), min(starts) if starts else None)
 
     # Every case assessed on the same day shares the answer for its authority.
-    return _static(check, lambda ctx: (ctx.facts.local_authority_gss, ctx.on))
+    return _static(check, lambda ctx: (ctx.facts.local_authority_gss, ctx.on), "local_authority_gss")
 
 
 def _date_fact(ctx: Context, fact: str) -> date | None:

@@ -18,13 +18,12 @@ from typing import Any, Literal
 import yaml
 
 from services.eligibility.domain.predicates import (
+    ALWAYS,
     Area,
     CacheKey,
-    Context,
     Predicate,
     RulebookError,
     RuleResult,
-    Verdict,
     compile_predicate,
     static_key,
 )
@@ -128,6 +127,8 @@ class Rulebook:
 
     rule_sets: tuple[RuleSet, ...]
     areas: Mapping[str, Area]
+    # Rule sets in force by date: the rule sets are a frozen tuple, so an entry can never go stale.
+    in_force_memo: dict[date, tuple[RuleSet, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def programme_ids(self) -> tuple[str, ...]:
@@ -136,6 +137,14 @@ class Rulebook:
 
     def in_force(self, on: date) -> tuple[RuleSet, ...]:
         """Return the rule set of each programme in force on `on` (programmes not yet running have none)."""
+        found = self.in_force_memo.get(on)
+        if found is None:
+            if len(self.in_force_memo) >= 4096:
+                self.in_force_memo.clear()
+            found = self.in_force_memo[on] = self._choose_in_force(on)
+        return found
+
+    def _choose_in_force(self, on: date) -> tuple[RuleSet, ...]:
         chosen: dict[str, RuleSet] = {}
         for rule_set in self.rule_sets:
             if not rule_set.in_force(on):
@@ -250,7 +259,7 @@ def _load_rule_set(document: Mapping[str, Any], areas: Mapping[str, Area], path:
                 route_id=str(r["id"]),
                 statement=str(r["statement"]),
                 citation=str(r["citation"]),
-                predicate=compile_predicate(r["when"], areas) if r.get("when") else _always,
+                predicate=compile_predicate(r["when"], areas) if r.get("when") else ALWAYS,
                 needs_review=bool(r.get("needs_review", False)),
                 review_reason=str(r.get("review_reason", "")),
             )
@@ -268,10 +277,6 @@ def _load_rule_set(document: Mapping[str, Any], areas: Mapping[str, Area], path:
         ),
         path=path,
     )
-
-
-def _always(ctx: Context) -> Verdict:
-    return Verdict(RuleResult.PASS, (), (), None)
 
 
 def load_rulebook_from(texts: Mapping[str, str], areas_text: str) -> Rulebook:

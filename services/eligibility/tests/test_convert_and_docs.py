@@ -4,7 +4,6 @@ from datetime import date
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.referral.v1 import referral_pb2
-
 from services.eligibility import docs_gen
 from services.eligibility.convert import changed_programmes, evaluate_response, facts_from_proto
 from services.eligibility.domain import (

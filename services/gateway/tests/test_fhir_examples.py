@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
-from haven.referral.v1 import referral_pb2 as pb
 
+from haven.referral.v1 import referral_pb2 as pb
 from services.gateway.fhir import (
     ParsedReferral,
     ReferrerContext,

@@ -4,8 +4,8 @@ from datetime import date
 from typing import Any
 
 import pytest
-from haven.referral.v1 import referral_pb2 as pb
 
+from haven.referral.v1 import referral_pb2 as pb
 from services.gateway.fhir import FhirInputError, facts_from_observation, referral_id_from_observation
 
 TODAY = date(2026, 11, 23)

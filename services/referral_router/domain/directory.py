@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import yaml
+
 from haven.organisations import load_organisations
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from haven.organisations import Organisation, load_organisations
-
 from services.referral_router.domain.assessment import (
     Answer,
     Assessment,

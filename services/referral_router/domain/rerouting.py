@@ -12,7 +12,6 @@ from datetime import date
 from typing import Final
 
 from haven.organisations import Organisation
-
 from services.referral_router.domain.assessment import Assessment, Continuation, Outcome
 from services.referral_router.domain.directory import Directory, ServiceCategory
 from services.referral_router.domain.matching import decide_fallback, plan_routing, why_not_routable

@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Final
 
 from haven.routing.v1 import routing_pb2
-
 from services.referral_router.domain.plan import RoutingPlan
 
 # Fixed namespaces: changing them changes every id Haven has ever issued.

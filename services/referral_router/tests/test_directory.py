@@ -8,8 +8,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from haven.organisations import load_organisations
 
+from haven.organisations import load_organisations
 from services.referral_router.domain import (
     DirectoryError,
     directory_from_healthcare_services,

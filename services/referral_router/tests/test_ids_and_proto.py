@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime
 from haven.eligibility.v1 import eligibility_pb2
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
-
 from services.referral_router.domain import (
     Answer,
     Outcome,

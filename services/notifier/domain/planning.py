@@ -1,0 +1,277 @@
+"""Planning: from one event and its policy to one notification per recipient organisation.
+
+An organisation that holds several roles for the same event (a placing LA that is also the referrer)
+gets one notification: the union of its roles' allow-lists, the most urgent level and the earliest
+deadline. Its id is a uuid5 of the source event id, the organisation and the event type, so a
+redelivered event plans the same ids and receivers can de-duplicate on them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from haven.eligibility.v1 import eligibility_pb2
+from haven.notification.v1 import notification_pb2
+from haven.referral.v1 import referral_pb2
+from haven.routing.v1 import routing_pb2
+from services.notifier.domain.policy import (
+    Anchor,
+    Channel,
+    NotificationPolicy,
+    RecipientRole,
+    RecipientRule,
+    Urgency,
+    load_policies,
+)
+from services.notifier.domain.projection import check_facts, project_fields
+from services.notifier.domain.recipients import (
+    RecipientDirectory,
+    SourceEvent,
+    own_task_facts,
+    resolve_role,
+    source_event_from_assessed,
+    source_event_from_received,
+    source_event_from_routed,
+)
+
+NOTIFICATION_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://haven.example.org/notifications")
+SCHEDULED_EVENT_NAMESPACE: Final = uuid.uuid5(
+    uuid.NAMESPACE_URL, "https://haven.example.org/events/scheduled"
+)
+
+_CHANNELS = {
+    Channel.REST_HOOK: notification_pb2.CHANNEL_REST_HOOK,
+    Channel.NATS: notification_pb2.CHANNEL_NATS,
+    Channel.EMAIL: notification_pb2.CHANNEL_EMAIL,
+}
+
+_OWN_FACTS = frozenset(
+    {"own_task_ids", "own_programme_ids", "own_service_ids", "own_routes", "manual_review"}
+)
+
+AnyEvent = (
+    SourceEvent
+    | routing_pb2.ReferralRouted
+    | referral_pb2.ReferralReceived
+    | eligibility_pb2.EligibilityAssessed
+)
+
+
+class UnknownEventTypeError(LookupError):
+    """Raised for an event type that has no policy."""
+
+
+class UnresolvedRecipientError(LookupError):
+    """Raised when a role the policy marks required has no organisation (fix the registry or config)."""
+
+    def __init__(self, event_type: str, role: RecipientRole, event_id: str) -> None:
+        """Name what could not be resolved, never any personal data."""
+        super().__init__(f"{event_type}: no organisation for required role {role} (event {event_id})")
+        self.event_type = event_type
+        self.role = role
+        self.event_id = event_id
+
+
+def notification_id(source_event_id: str, recipient_organisation_id: str, event_type: str) -> str:
+    """Return the deterministic notification id, which is also the receiver's idempotency key."""
+    return str(
+        uuid.uuid5(NOTIFICATION_NAMESPACE, f"{source_event_id}|{recipient_organisation_id}|{event_type}")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedNotification:
+    """One notification to one organisation, ready for delivery."""
+
+    notification_id: str
+    event_type: str
+    source_event_id: str
+    referral_id: str
+    recipient_organisation_id: str
+    roles: tuple[RecipientRole, ...]
+    channel: Channel
+    urgency: Urgency
+    deadline: timedelta
+    occurred_at: datetime
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    policy_version: int = 1
+
+    @property
+    def due_by(self) -> datetime:
+        """Return when it must be delivered by: the event time plus the deadline."""
+        return self.occurred_at + self.deadline
+
+    @property
+    def payload_json(self) -> bytes:
+        """Return the payload as canonical JSON (sorted keys, no spaces): the exact bytes signed and sent."""
+        return json.dumps(self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def to_proto(self, subscription_id: str = "") -> notification_pb2.NotificationRequested:
+        """Return the NotificationRequested event; its event id derives from the notification id."""
+        message = notification_pb2.NotificationRequested(
+            event_id=str(uuid.uuid5(NOTIFICATION_NAMESPACE, f"requested|{self.notification_id}")),
+            referral_id=self.referral_id,
+            notification_id=self.notification_id,
+            recipient_organisation_id=self.recipient_organisation_id,
+            subscription_id=subscription_id,
+            channel=_CHANNELS[self.channel],
+            event_type=self.event_type,
+            payload_json=self.payload_json,
+        )
+        message.occurred_at.CopyFrom(_timestamp(self.occurred_at))
+        message.due_by.CopyFrom(_timestamp(self.due_by))
+        return message
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+def to_source_event(event: AnyEvent) -> SourceEvent:
+    """Return the event as a SourceEvent (protobuf events are converted, a SourceEvent is returned as is)."""
+    if isinstance(event, SourceEvent):
+        return event
+    if isinstance(event, routing_pb2.ReferralRouted):
+        return source_event_from_routed(event)
+    if isinstance(event, referral_pb2.ReferralReceived):
+        return source_event_from_received(event)
+    return source_event_from_assessed(event)
+
+
+def _with_schedule_facts(policy: NotificationPolicy, facts: Mapping[str, Any]) -> dict[str, Any]:
+    enriched = dict(facts)
+    entry = policy.schedule_entry(str(facts.get("review_kind") or facts.get("schedule_id") or ""))
+    if entry is not None and "requires_confirmation" not in enriched:
+        # The policy, not the caller, decides that closing a long-term-missing case needs a person.
+        enriched["requires_confirmation"] = entry.confirm_by_person
+    return enriched
+
+
+def _merge(
+    organisation_id: str,
+    rules: list[RecipientRule],
+    policy: NotificationPolicy,
+    source: SourceEvent,
+    facts: Mapping[str, Any],
+) -> PlannedNotification:
+    strongest = min(rules, key=lambda r: (r.urgency.rank, r.deadline))
+    fields = list(dict.fromkeys(f for r in rules for f in r.fields))
+    # `own_*` facts are computed per organisation here, never taken from the caller: one provider's
+    # task must not reach another because a caller put it in the shared facts.
+    shared = {k: v for k, v in facts.items() if k not in _OWN_FACTS}
+    own = {**shared, **own_task_facts(source, organisation_id)}
+    return PlannedNotification(
+        notification_id=notification_id(source.event_id, organisation_id, policy.event_type),
+        event_type=policy.event_type,
+        source_event_id=source.event_id,
+        referral_id=source.referral_id,
+        recipient_organisation_id=organisation_id,
+        roles=tuple(dict.fromkeys(r.role for r in rules)),
+        channel=strongest.channel,
+        urgency=strongest.urgency,
+        deadline=min(r.deadline for r in rules),
+        occurred_at=source.occurred_at,
+        payload=project_fields(fields, own),
+        policy_version=policy.version,
+    )
+
+
+def notifications_for(
+    event_type: str,
+    event: AnyEvent,
+    *,
+    directory: RecipientDirectory | None = None,
+    policies: Mapping[str, NotificationPolicy] | None = None,
+) -> list[PlannedNotification]:
+    """Return the notifications one event raises under `event_type`'s policy, one per organisation.
+
+    Raises UnknownEventTypeError for a type without a policy, UnresolvedRecipientError when a
+    required role has no organisation, and ProjectionError for an undeclared or ill-formed fact.
+    The order is deterministic: by the policy's recipient order, then organisation id.
+    """
+    policies = policies or load_policies()
+    policy = policies.get(event_type)
+    if policy is None:
+        raise UnknownEventTypeError(event_type)
+    source = to_source_event(event)
+    directory = directory or RecipientDirectory()
+    facts = _with_schedule_facts(policy, {"referral_id": source.referral_id, **source.facts})
+    check_facts(facts)
+    by_organisation: dict[str, list[RecipientRule]] = {}
+    for rule in policy.recipients:
+        if not rule.applies(facts):
+            continue
+        organisations = resolve_role(rule.role, source, directory)
+        if not organisations and rule.required:
+            raise UnresolvedRecipientError(event_type, rule.role, source.event_id)
+        for organisation_id in organisations:
+            by_organisation.setdefault(organisation_id, []).append(rule)
+    return [_merge(org, rules, policy, source, facts) for org, rules in by_organisation.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledEvent:
+    """An event a schedule raises later: which, when it is raised, and when the thing falls due."""
+
+    event_type: str
+    schedule_id: str
+    anchor: Anchor
+    anchor_at: datetime
+    due_at: datetime
+    raise_at: datetime
+    confirm_by_person: bool
+
+    def event_id(self, referral_id: str) -> str:
+        """Return a deterministic event id, so re-scheduling the same anchor raises the same event."""
+        key = f"{referral_id}|{self.event_type}|{self.schedule_id}|{self.anchor_at.isoformat()}"
+        return str(uuid.uuid5(SCHEDULED_EVENT_NAMESPACE, key))
+
+    def facts(self) -> dict[str, Any]:
+        """Return the facts the raised event carries about its schedule entry."""
+        if self.anchor is Anchor.EXIT_DATE:
+            return {
+                "schedule_id": self.schedule_id,
+                "exit_date": self.anchor_at.date(),
+                "days_before_exit": (self.anchor_at.date() - self.due_at.date()).days,
+            }
+        return {
+            "schedule_id": self.schedule_id,
+            "review_kind": self.schedule_id,
+            "review_due_at": self.due_at,
+            "requires_confirmation": self.confirm_by_person,
+        }
+
+
+def scheduled_events(
+    anchor: Anchor, anchor_at: datetime, *, policies: Mapping[str, NotificationPolicy] | None = None
+) -> list[ScheduledEvent]:
+    """Return every event the policies schedule from this anchor, earliest first.
+
+    For example the missing-since anchor gives the four-week multi-agency review and the six-month
+    long-term-missing closure; the exit-date anchor gives the 90, 30 and 7-day transition alerts.
+    """
+    policies = policies or load_policies()
+    found = [
+        ScheduledEvent(
+            event_type=policy.event_type,
+            schedule_id=entry.schedule_id,
+            anchor=anchor,
+            anchor_at=anchor_at,
+            due_at=entry.offset.add_to(anchor_at),
+            raise_at=entry.offset.add_to(anchor_at) - entry.notice,
+            confirm_by_person=entry.confirm_by_person,
+        )
+        for policy in policies.values()
+        for entry in policy.schedule
+        if entry.anchor is anchor
+    ]
+    return sorted(found, key=lambda s: (s.raise_at, s.schedule_id))
