@@ -25,9 +25,11 @@ up: $(VENV)/.installed ## Start NATS and the four services (Ctrl-C stops them)
 test: $(VENV)/.installed check-proto lint typecheck ## Run the whole suite (lint, types, unit, integration, end to end)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed ## ruff lint and format check
+lint: $(VENV)/.installed ## ruff lint and format check, and generated docs current
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m services.eligibility.docs_gen --check
+	$(PY) -m services.notifier.domain.docs_gen --check
 
 typecheck: $(VENV)/.installed ## mypy in strict mode
 	$(VENV)/bin/mypy libs services scripts tests
@@ -38,8 +40,9 @@ proto: $(VENV)/.installed ## Regenerate protobuf and gRPC code into libs/
 check-proto: $(VENV)/.installed ## Fail when the committed generated code is stale
 	$(PY) scripts/gen_protos.py --check
 
-docs: $(VENV)/.installed ## Regenerate the programme pages in docs/ from the rule data
+docs: $(VENV)/.installed ## Regenerate the docs pages that come from data (programmes, notifications)
 	$(PY) -m services.eligibility.docs_gen
+	$(PY) -m services.notifier.domain.docs_gen
 
 bench: $(VENV)/.installed ## Run the benchmarks and print figures with their baselines
 	$(PY) -m benchmarks

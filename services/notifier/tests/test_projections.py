@@ -4,7 +4,14 @@ from datetime import datetime
 
 import pytest
 
-from services.notifier.domain import ProjectionError, RecipientRole, load_fields, load_policies, project
+from services.notifier.domain import (
+    FieldKind,
+    ProjectionError,
+    RecipientRole,
+    load_fields,
+    load_policies,
+    project,
+)
 from services.notifier.domain.projection import project_fields
 from services.notifier.tests.conftest import every_fact
 
@@ -26,8 +33,9 @@ def test_each_projection_sends_its_allow_list_and_nothing_else(
     policy = load_policies()[event_type]
     rule = next(r for r in policy.recipients if r.projection == projection)
     facts = every_fact()
+    kinds = load_fields().fields
     for name, values in rule.when.items():  # satisfy the rule's condition with a value it accepts
-        facts[name] = sorted(values)[0] if name not in {"escalate_to_edt"} else True
+        facts[name] = True if kinds[name].kind is FieldKind.BOOL else sorted(values)[0]
     payload = project(event_type, rule.role, facts)
     assert set(payload) == set(fields)
     assert set(facts) - set(fields) - set(rule.when), "the fixture must offer fields to leave out"

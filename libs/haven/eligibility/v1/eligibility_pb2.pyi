@@ -366,6 +366,50 @@ class EligibilityAssessed(_message.Message):
 Global___EligibilityAssessed: _TypeAlias = EligibilityAssessed  # noqa: Y015
 
 @_typing.final
+class ReassessmentDue(_message.Message):
+    """A scheduled re-assessment of an open referral fell due (a birthday, a window end, a pre-exit date)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    DUE_ON_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PROGRAMME_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; derived from the referral, the date and the reason so a schedule fires once."""
+    referral_id: _builtins.str
+    """The FHIR ServiceRequest id of the referral."""
+    due_on: _builtins.str
+    """ISO date the re-assessment is for."""
+    reason: _builtins.str
+    """Why it was scheduled (for example "next-change", "pre-exit-30")."""
+    programme_id: _builtins.str
+    """Programme the date belongs to; empty for the assessment's own next change."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the re-assessment was scheduled."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        referral_id: _builtins.str = ...,
+        due_on: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        programme_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_on", b"due_on", "event_id", b"event_id", "occurred_at", b"occurred_at", "programme_id", b"programme_id", "reason", b"reason", "referral_id", b"referral_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReassessmentDue: _TypeAlias = ReassessmentDue  # noqa: Y015
+
+@_typing.final
 class EvaluateRequest(_message.Message):
     """A what-if question: these facts on this date."""
 
