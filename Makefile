@@ -32,7 +32,7 @@ lint: $(VENV)/.installed ## ruff lint and format check, and generated docs curre
 	$(PY) -m services.notifier.domain.docs_gen --check
 
 typecheck: $(VENV)/.installed ## mypy in strict mode
-	$(VENV)/bin/mypy libs services scripts tests
+	$(VENV)/bin/mypy libs services scripts tests benchmarks
 
 proto: $(VENV)/.installed ## Regenerate protobuf and gRPC code into libs/
 	$(PY) scripts/gen_protos.py
