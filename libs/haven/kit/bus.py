@@ -43,8 +43,19 @@ class Unprocessable(Exception):
     """Raised by a handler for a message that can never be processed; it is terminated and logged."""
 
 
-async def connect(url: str, name: str) -> NatsClient:
-    """Connect to NATS, retrying for a while so that services may start before the server."""
+async def connect(
+    url: str,
+    name: str,
+    *,
+    on_disconnect: Callable[[], Awaitable[None]] | None = None,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+) -> NatsClient:
+    """Connect to NATS; once connected, reconnect for ever (a restarting server is not a crash)."""
+    callbacks: dict[str, Callable[[], Awaitable[None]]] = {}
+    if on_disconnect is not None:
+        callbacks["disconnected_cb"] = on_disconnect
+    if on_reconnect is not None:
+        callbacks["reconnected_cb"] = on_reconnect
     return await nats.connect(
         servers=[url],
         name=name,
@@ -52,6 +63,7 @@ async def connect(url: str, name: str) -> NatsClient:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,
+        **callbacks,  # type: ignore[arg-type]
     )
 
 

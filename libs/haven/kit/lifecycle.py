@@ -61,30 +61,38 @@ async def run_service(name: str, settings: ServiceSettings, main: ServiceMain) -
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     readiness = Readiness()
-    nc = await bus.connect(settings.nats_url, name)
-    js = nc.jetstream()
-    await ensure_topology(js)
     # Readiness mirrors the NATS connection: a disconnected service is not ready.
-    nc._disconnected_cb = _on_connection_change(readiness, stop, False)
-    nc._reconnected_cb = _on_connection_change(readiness, stop, True)
-    ctx = ServiceContext(name=name, nc=nc, js=js, stop=stop, readiness=readiness)
-    work = asyncio.create_task(main(ctx))
-    log_event(_log, "service started", service_name=name)
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    readiness.set(False)
-    stop.set()
-    log_event(_log, "service stopping", service_name=name)
+    nc = await bus.connect(
+        settings.nats_url,
+        name,
+        on_disconnect=_on_connection_change(readiness, stop, False),
+        on_reconnect=_on_connection_change(readiness, stop, True),
+    )
     try:
-        await asyncio.wait_for(work, timeout=settings.shutdown_grace_seconds)
-    except TimeoutError:
-        log_event(_log, "in-flight work did not finish in the grace period", logging.WARNING)
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-    with contextlib.suppress(Exception):
-        await nc.drain()
-    telemetry.shutdown_tracing()
+        js = nc.jetstream()
+        await ensure_topology(js)
+        ctx = ServiceContext(name=name, nc=nc, js=js, stop=stop, readiness=readiness)
+        work = asyncio.create_task(main(ctx))
+        log_event(_log, "service started", service_name=name)
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        # Not ready first, so nothing new is routed here, then stop intake and finish in-flight work.
+        readiness.set(False)
+        stop.set()
+        log_event(_log, "service stopping", service_name=name)
+        try:
+            await asyncio.wait_for(work, timeout=settings.shutdown_grace_seconds)
+        except TimeoutError:
+            log_event(_log, "in-flight work did not finish in the grace period", logging.WARNING)
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        telemetry.shutdown_tracing()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
     log_event(_log, "service stopped", service_name=name)
 
 
