@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from haven.organisations import load_organisations
 from haven.system import SERVICE_NAMES, HavenSystem, SystemConfig
@@ -51,7 +52,8 @@ def _up(args: argparse.Namespace) -> int:
 
 def _print_running(system: HavenSystem) -> None:
     c = system.config
-    nats = system.nats_url + ("" if c.nats_url else f" (embedded, JetStream data in {c.data_dir / 'nats'})")
+    nats = _without_credentials(system.nats_url)
+    nats += "" if c.nats_url else f" (embedded, JetStream data in {c.data_dir / 'nats'})"
     rows = [
         ("NATS JetStream", nats),
         ("gateway", f"{c.gateway_url}  (health: http://{c.gateway_host}:{c.gateway_port}/readyz)"),
@@ -69,6 +71,14 @@ def _print_running(system: HavenSystem) -> None:
         print(f"  {name:<16} pid {pid!s:<8} {where}")
     print("Get a token: haven token --org demo-police --role referrer")
     print("Press Ctrl-C to stop.", flush=True)
+
+
+def _without_credentials(url: str) -> str:
+    """Return a NATS URL safe to print: the user and password of the services are not shown."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _restart_crashed(system: HavenSystem) -> None:

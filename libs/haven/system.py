@@ -7,7 +7,9 @@ reports ready and stops them in reverse order, each given time to finish its in-
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,7 +22,9 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
+from haven.kit.nats_server import EmbeddedNats, NatsUser, free_port, start_embedded_nats
+from haven.kit.topology import routed_subject
+from haven.organisations import Role, load_organisations
 
 SERVICE_NAMES = ("eligibility", "referral_router", "notifier", "gateway")
 
@@ -65,6 +69,37 @@ class SystemConfig:
             "referral_router": self.router_grpc_port,
             "notifier": self.notifier_grpc_port,
         }[service]
+
+
+NATS_CREDENTIALS_FILE = "nats-credentials.json"
+
+
+def nats_users(data_dir: Path) -> list[NatsUser]:
+    """Return the embedded server's users: the services (full access), then one per LA platform.
+
+    Each LA platform may subscribe only to the routing events of its own area(s)
+    (``haven.routing.v1.routed.<GSS>``). Passwords are made once and kept in
+    ``<data dir>/nats-credentials.json`` (mode 0600), which is where an LA's credentials are handed
+    out from; the subjects follow the organisation registry at every start.
+    """
+    path = data_dir / NATS_CREDENTIALS_FILE
+    passwords: dict[str, str] = json.loads(path.read_text())["passwords"] if path.exists() else {}
+    platforms = sorted(
+        (o for o in load_organisations().values() if Role.LA_PLATFORM in o.roles and o.gss_codes),
+        key=lambda o: o.id,
+    )
+    names = ["haven-services", *(f"la-{o.id}" for o in platforms)]
+    for name in names:
+        passwords.setdefault(name, secrets.token_urlsafe(24))
+    users = [NatsUser(names[0], passwords[names[0]])]
+    users += [
+        NatsUser(f"la-{o.id}", passwords[f"la-{o.id}"], tuple(routed_subject(c) for c in sorted(o.gss_codes)))
+        for o in platforms
+    ]
+    listing = {u.user: {"password": u.password, "subscribe": list(u.subscribe or [">"])} for u in users}
+    path.write_text(json.dumps({"passwords": passwords, "users": listing}, indent=2))
+    path.chmod(0o600)
+    return users
 
 
 def grpc_serving(target: str, timeout: float = 1.0) -> bool:
@@ -125,7 +160,9 @@ class HavenSystem:
             log = c.log_dir / "nats-server.log" if c.log_dir else None
             if c.log_dir:
                 c.log_dir.mkdir(parents=True, exist_ok=True)
-            self.nats = start_embedded_nats(c.data_dir / "nats", port=c.nats_port, log_file=log)
+            self.nats = start_embedded_nats(
+                c.data_dir / "nats", port=c.nats_port, log_file=log, users=nats_users(c.data_dir)
+            )
         for name in SERVICE_NAMES:
             self.start_service(name)
         for name in SERVICE_NAMES:

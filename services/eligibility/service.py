@@ -1,18 +1,21 @@
-"""The eligibility service process: referrals and new facts in, EligibilityAssessed out.
+"""The eligibility service process: referrals, new facts and due re-assessments in, EligibilityAssessed out.
 
-It also answers the gRPC ``Evaluate`` what-if question.
+It also answers the gRPC ``Evaluate`` what-if question, and keeps every assessed referral's next
+re-assessments scheduled in JetStream (see ``services.eligibility.scheduler`` and the README).
 Handlers translate; the rules engine in ``services.eligibility.domain`` decides.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import date
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, time, timedelta
 
 import grpc
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
@@ -30,7 +33,14 @@ from services.eligibility.convert import (
     evaluate_response,
     facts_from_proto,
 )
-from services.eligibility.domain import Rulebook, assess, load_rulebook
+from services.eligibility.domain import DEFAULT_ALERT_DAYS, Assessment, Rulebook, assess, load_rulebook
+from services.eligibility.domain.schedule import planned_reassessments
+from services.eligibility.scheduler import (
+    SCHEDULE_STREAM,
+    ReassessmentScheduler,
+    UnschedulableReferralError,
+    seconds_until,
+)
 from services.eligibility.settings import EligibilitySettings
 
 _log = logging.getLogger(__name__)
@@ -39,6 +49,9 @@ CONSUMER = bus.ConsumerSpec(
     stream="HAVEN_REFERRALS",
     durable="eligibility",
     subjects=(topology.REFERRAL_RECEIVED, topology.REFERRAL_FACTS_UPDATED),
+)
+REASSESSMENT_CONSUMER = bus.ConsumerSpec(
+    stream=SCHEDULE_STREAM, durable="eligibility-reassessment", subjects=(topology.REASSESSMENT_DUE,)
 )
 
 
@@ -61,13 +74,30 @@ class EvaluateServicer(eligibility_pb2_grpc.EligibilityServiceServicer):
 
 
 class ReferralAssessor:
-    """Assesses a referral's facts and publishes the decisions, idempotently per source event."""
+    """Assesses referrals, publishes decisions that changed, keeps each referral's re-assessments scheduled.
 
-    def __init__(self, js: JetStreamContext, assessments: KeyValue, rulebook: Rulebook, clock: Clock) -> None:
+    The latest assessment of each referral (with the facts it read) is kept in KV; it is the baseline
+    for "what changed" and the facts a scheduled re-assessment reads. Writes are compare-and-set on
+    the entry's revision, so two processes never overwrite each other's newer assessment; within a
+    process one lock orders the two consumers (each assessment takes about a millisecond).
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        assessments: KeyValue,
+        rulebook: Rulebook,
+        clock: Clock,
+        scheduler: ReassessmentScheduler | None = None,
+        alert_days: Iterable[int] = DEFAULT_ALERT_DAYS,
+    ) -> None:
         self._js = js
         self._assessments = assessments
         self._rulebook = rulebook
         self._clock = clock
+        self._scheduler = scheduler
+        self._alert_days = tuple(alert_days)
+        self._lock = asyncio.Lock()
 
     async def handle(self, msg: Msg) -> None:
         """Handle ReferralReceived or ReferralFactsUpdated."""
@@ -85,20 +115,68 @@ class ReferralAssessor:
             raise bus.Unprocessable("event without referral id or event id")
         await self.assess_and_publish(referral_id, source_event_id, facts, trigger)
 
+    async def handle_due(self, msg: Msg) -> None:
+        """Handle ReassessmentDue: re-assess the referral's latest facts on the due date."""
+        due = eligibility_pb2.ReassessmentDue.FromString(msg.data)
+        if not due.referral_id or not due.event_id:
+            raise bus.Unprocessable("re-assessment without referral id or event id")
+        try:
+            due_on = date.fromisoformat(due.due_on)
+        except ValueError:
+            raise bus.Unprocessable("re-assessment without a valid due date") from None
+        now = self._clock()
+        if now.date() < due_on:
+            # The server's clock is ahead of ours: wait for our own midnight rather than assess too early.
+            midnight = datetime.combine(due_on, time(0), UTC)
+            raise bus.RetryLater(
+                "re-assessment fired before its date", delay=min(300.0, seconds_until(midnight, now))
+            )
+        async with self._lock:
+            previous, revision = await self._latest(due.referral_id)
+            if previous is None:
+                log_event(_log, "re-assessment for an unknown referral ignored", referral_id=due.referral_id)
+                return
+            await self._assess(
+                due.referral_id,
+                due.event_id,
+                previous.facts,
+                eligibility_pb2.TRIGGER_SCHEDULED,
+                previous,
+                revision,
+            )
+
     async def assess_and_publish(
         self,
         referral_id: str,
         source_event_id: str,
         facts: referral_pb2.ReferralFacts,
         trigger: eligibility_pb2.Trigger.ValueType,
-    ) -> eligibility_pb2.EligibilityAssessed:
-        """Assess on today's date, publish EligibilityAssessed, and keep it as the latest assessment."""
+    ) -> eligibility_pb2.EligibilityAssessed | None:
+        """Assess new facts on today's date; return the event published, or None when nothing changed."""
+        async with self._lock:
+            previous, revision = await self._latest(referral_id)
+            if previous is not None and trigger == eligibility_pb2.TRIGGER_REFERRAL_RECEIVED:
+                # Already assessed (a redelivery, or new facts overtook it): the stored facts are as new.
+                return None
+            return await self._assess(referral_id, source_event_id, facts, trigger, previous, revision)
+
+    async def _assess(
+        self,
+        referral_id: str,
+        source_event_id: str,
+        facts: referral_pb2.ReferralFacts,
+        trigger: eligibility_pb2.Trigger.ValueType,
+        previous: eligibility_pb2.EligibilityAssessed | None,
+        revision: int | None,
+    ) -> eligibility_pb2.EligibilityAssessed | None:
         now = self._clock()
         assessment = assess(facts_from_proto(facts), now.date(), self._rulebook)
         decisions, age_basis = assessment_to_proto(assessment)
-        previous = await self._latest(referral_id)
+        # A retry against a newer baseline (another process got there first) must not be de-duplicated
+        # away, so the baseline's revision is part of the id.
+        id_parts = (source_event_id,) if revision is None else (source_event_id, str(revision))
         event = eligibility_pb2.EligibilityAssessed(
-            event_id=derived_id("eligibility-assessed", source_event_id),
+            event_id=derived_id("eligibility-assessed", *id_parts),
             occurred_at=to_timestamp(now),
             referral_id=referral_id,
             assessed_on=assessment.on.isoformat(),
@@ -109,27 +187,64 @@ class ReferralAssessor:
             changed_programmes=changed_programmes(previous.decisions if previous else [], decisions),
             age_basis=age_basis,
         )
-        await bus.publish_event(self._js, topology.ELIGIBILITY_ASSESSED, event, msg_id=event.event_id)
-        await self._assessments.put(referral_id, event.SerializeToString())
+        publish = previous is None or bool(event.changed_programmes) or _moved_area(previous, event)
+        # Order matters for a crash part-way: publish, schedule, then the KV write that marks it done.
+        if publish:
+            await bus.publish_event(self._js, topology.ELIGIBILITY_ASSESSED, event, msg_id=event.event_id)
+        await self._schedule(referral_id, assessment)
+        await self._store(referral_id, event, revision)
         log_event(
             _log,
             "eligibility assessed",
             referral_id=referral_id,
             event_id=event.event_id,
+            trigger=eligibility_pb2.Trigger.Name(trigger),
+            published=publish,
             changed=list(event.changed_programmes),
         )
-        return event
+        return event if publish else None
 
-    async def _latest(self, referral_id: str) -> eligibility_pb2.EligibilityAssessed | None:
+    async def _schedule(self, referral_id: str, assessment: Assessment) -> None:
+        if self._scheduler is None:
+            return
+        try:
+            await self._scheduler.replace(referral_id, planned_reassessments(assessment, self._alert_days))
+        except UnschedulableReferralError:
+            log_event(_log, "referral cannot be scheduled", logging.WARNING, referral_id=referral_id)
+
+    async def _store(
+        self, referral_id: str, event: eligibility_pb2.EligibilityAssessed, revision: int | None
+    ) -> None:
+        try:
+            if revision is None:
+                await self._assessments.create(referral_id, event.SerializeToString())
+            else:
+                await self._assessments.update(referral_id, event.SerializeToString(), last=revision)
+        except KeyWrongLastSequenceError:
+            raise bus.RetryLater("the referral was re-assessed meanwhile", delay=0.2) from None
+
+    async def _latest(
+        self, referral_id: str
+    ) -> tuple[eligibility_pb2.EligibilityAssessed | None, int | None]:
         try:
             entry = await self._assessments.get(referral_id)
         except KeyNotFoundError:
-            return None
-        return eligibility_pb2.EligibilityAssessed.FromString(entry.value) if entry.value else None
+            return None, None
+        if not entry.value:
+            return None, entry.revision
+        return eligibility_pb2.EligibilityAssessed.FromString(entry.value), entry.revision
+
+
+def _moved_area(
+    previous: eligibility_pb2.EligibilityAssessed, current: eligibility_pb2.EligibilityAssessed
+) -> bool:
+    # The router addresses the responsible local authority: a move must reach it even when no
+    # programme's decision changes.
+    return previous.facts.local_authority_gss != current.facts.local_authority_gss
 
 
 async def run(ctx: ServiceContext, settings: EligibilitySettings, clock: Clock = system_clock) -> None:
-    """Serve gRPC and consume referrals until the service is told to stop."""
+    """Serve gRPC, consume referrals and due re-assessments until the service is told to stop."""
     rulebook = load_rulebook()
     servicer = EvaluateServicer(rulebook, clock)
     server = await start_grpc_server(
@@ -139,10 +254,24 @@ async def run(ctx: ServiceContext, settings: EligibilitySettings, clock: Clock =
         add_servicers=lambda s: eligibility_pb2_grpc.add_EligibilityServiceServicer_to_server(servicer, s),
         host=settings.eligibility_grpc_host,
     )
-    assessor = ReferralAssessor(ctx.js, await ctx.js.key_value(topology.BUCKET_ASSESSMENTS), rulebook, clock)
+    scheduler = ReassessmentScheduler(
+        ctx.js,
+        clock,
+        fire_after_midnight=timedelta(seconds=settings.eligibility_reassess_after_midnight_seconds),
+    )
+    assessor = ReferralAssessor(
+        ctx.js,
+        await ctx.js.key_value(topology.BUCKET_ASSESSMENTS),
+        rulebook,
+        clock,
+        scheduler,
+        settings.eligibility_pre_exit_alert_days,
+    )
     ctx.readiness.set(True)
     try:
-        await bus.consume(ctx.js, CONSUMER, assessor.handle, ctx.stop)
+        async with asyncio.TaskGroup() as consumers:
+            consumers.create_task(bus.consume(ctx.js, CONSUMER, assessor.handle, ctx.stop))
+            consumers.create_task(bus.consume(ctx.js, REASSESSMENT_CONSUMER, assessor.handle_due, ctx.stop))
     finally:
         await server.stop(grace=2)
 
@@ -153,4 +282,4 @@ def main() -> None:
     start("eligibility", settings, lambda ctx: run(ctx, settings))
 
 
-__all__ = ["EvaluateServicer", "ReferralAssessor", "main", "run"]
+__all__ = ["CONSUMER", "REASSESSMENT_CONSUMER", "EvaluateServicer", "ReferralAssessor", "main", "run"]

@@ -8,7 +8,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from haven.kit.http_tracing import TracingMiddleware
-from services.gateway import eligibility_ops, reads, referrals, subscriptions
+from services.gateway import (
+    directory_routes,
+    eligibility_ops,
+    notification_routes,
+    observations,
+    reads,
+    referrals,
+    searches,
+    subscriptions,
+    tasks,
+    validate,
+)
 from services.gateway.capability import capability_statement
 from services.gateway.errors import (
     ApiError,
@@ -20,6 +31,7 @@ from services.gateway.errors import (
     outcome_response,
 )
 from services.gateway.fhir import FhirInputError, Issue, IssueType
+from services.gateway.path_ids import MalformedIdGuard
 from services.gateway.state import GatewayState
 
 VERSION = "0.1.0"
@@ -42,6 +54,7 @@ def create_app(state: GatewayState) -> FastAPI:
     """Build the app around a ready GatewayState."""
     app = FastAPI(title="Haven FHIR API", version=VERSION, docs_url="/docs", redoc_url=None)
     app.state.haven = state
+    app.add_middleware(MalformedIdGuard)
     app.add_middleware(TracingMiddleware)
     app.add_exception_handler(ApiError, handle_api_error)
     app.add_exception_handler(FhirInputError, handle_input_error)
@@ -65,6 +78,17 @@ def create_app(state: GatewayState) -> FastAPI:
         """Describe what this server serves."""
         return fhir_response(capability_statement(app, str(request.base_url).rstrip("/") + "/fhir", VERSION))
 
-    for module in (referrals, reads, subscriptions, eligibility_ops):
+    for module in (
+        referrals,
+        reads,
+        searches,
+        tasks,
+        validate,
+        subscriptions,
+        eligibility_ops,
+        notification_routes,
+        observations,
+        directory_routes,
+    ):
         app.include_router(module.router)
     return app

@@ -10,7 +10,25 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 _RESOURCE_PATH = re.compile(r"^/fhir/(?P<type>[A-Z][A-Za-z]+)(?P<rest>/.*)?$")
-_SEARCH_PARAMS = {"Task": ["based-on", "owner", "status", "_count", "_summary"]}
+_SEARCH_PARAMS = {
+    "Task": {
+        "based-on": "reference",
+        "owner": "reference",
+        "status": "token",
+        "_lastUpdated": "date",
+        "_count": "number",
+        "_summary": "token",
+    },
+    "AuditEvent": {"entity": "reference", "_count": "number", "_summary": "token"},
+    "ServiceRequest": {
+        "patient": "reference",
+        "identifier": "token",
+        "_count": "number",
+        "_summary": "token",
+    },
+    "Observation": {"based-on": "reference", "_count": "number", "_summary": "token"},
+    "Flag": {"patient": "reference", "_count": "number", "_summary": "token"},
+}
 
 
 def _interaction(method: str, rest: str | None) -> str | None:
@@ -46,7 +64,7 @@ def capability_statement(app: FastAPI, base_url: str, software_version: str) -> 
         {
             "type": resource_type,
             "interaction": [{"code": code} for code in sorted(codes)],
-            "searchParam": [{"name": n, "type": "token"} for n in _SEARCH_PARAMS.get(resource_type, [])],
+            "searchParam": [{"name": n, "type": t} for n, t in _SEARCH_PARAMS.get(resource_type, {}).items()],
         }
         for resource_type, codes in sorted(interactions.items())
     ]

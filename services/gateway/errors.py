@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import Request
@@ -62,9 +63,22 @@ _HTTP_CODES: dict[int, IssueType] = {
 }
 
 
-async def handle_http_error(_: Request, error: Exception) -> JSONResponse:
+async def handle_http_error(request: Request, error: Exception) -> JSONResponse:
     """Answer routing errors (unknown path, wrong method) as OperationOutcomes."""
     assert isinstance(error, StarletteHTTPException)
+    unknown = _unserved_type(request) if error.status_code == 404 else None
+    if unknown:
+        return outcome_response(
+            404,
+            [
+                Issue(
+                    code=IssueType.NOT_SUPPORTED,
+                    expression=unknown,
+                    diagnostics=f"this server does not serve the resource type {unknown!r}; "
+                    "GET /fhir/metadata lists those it does",
+                )
+            ],
+        )
     code = _HTTP_CODES.get(error.status_code, IssueType.PROCESSING)
     return outcome_response(
         error.status_code, [Issue(code=code, expression="", diagnostics=str(error.detail))]
@@ -77,3 +91,15 @@ async def handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     return outcome_response(
         500, [Issue(code=IssueType.EXCEPTION, expression="", diagnostics="internal error; retry later")]
     )
+
+
+_TYPE_IN_PATH = re.compile(r"^/fhir/(?P<type>[A-Za-z]+)(/|$)")
+
+
+def _unserved_type(request: Request) -> str | None:
+    """Return the resource type named by a /fhir path when no route of the app serves that type."""
+    match = _TYPE_IN_PATH.match(request.url.path)
+    if match is None or match["type"] == "metadata":
+        return None
+    served = {m["type"] for r in request.app.routes if (m := _TYPE_IN_PATH.match(getattr(r, "path", "")))}
+    return None if match["type"] in served else match["type"]

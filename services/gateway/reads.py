@@ -6,6 +6,9 @@ caller learns nothing about other areas' children.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -13,18 +16,43 @@ from fastapi.responses import JSONResponse
 
 from haven.kit.resources import StoredResource
 from haven.organisations import Role
-from services.gateway.audit_log import record_audit
+from services.gateway.audit_log import patient_of, record_audit
 from services.gateway.auth import CurrentPrincipal, State
 from services.gateway.errors import api_error, fhir_response
 from services.gateway.fhir import IssueType
-from services.gateway.security.access import can_read
+from services.gateway.security.access import can_read, can_read_audit
 from services.gateway.security.principal import Principal
 from services.gateway.state import GatewayState
 
 router = APIRouter()
 
-READABLE_TYPES = ("Patient", "ServiceRequest", "Observation", "Task")
+READABLE_TYPES = ("Patient", "ServiceRequest", "Observation", "Task", "Flag")
 MAX_PAGE = 200
+_REFERENCE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-_=]{1,64}")
+
+
+@dataclass(frozen=True)
+class Paging:
+    """``_count``, ``_offset`` (the ``next`` link) and ``_summary`` of a search."""
+
+    count: int
+    offset: int
+    summary: str | None
+
+
+CountParam = Annotated[int, Query(alias="_count", ge=0, le=MAX_PAGE)]
+OffsetParam = Annotated[int, Query(alias="_offset", ge=0)]
+SummaryParam = Annotated[str | None, Query(alias="_summary")]
+
+
+def reference_param(value: str, resource_type: str, param: str) -> str:
+    """Return ``Type/id`` from a search value ``Type/id`` or a bare id; 400 for anything else."""
+    reference = value if "/" in value else f"{resource_type}/{value}"
+    if not re.fullmatch(f"{resource_type}/[A-Za-z0-9\\-]{{1,64}}", reference):
+        raise api_error(
+            400, IssueType.VALUE, f"{param} must be {resource_type}/<id> (or the id alone)", expression=param
+        )
+    return reference
 
 
 async def read_visible(
@@ -44,7 +72,15 @@ def _read_route(resource_type: str) -> Any:
         resource_id: str, request: Request, principal: CurrentPrincipal, state: State
     ) -> JSONResponse:
         stored = await read_visible(state, principal, resource_type, resource_id)
-        await record_audit(state, principal, "R", [stored.reference], request, purpose="COC")
+        await record_audit(
+            state,
+            principal,
+            "R",
+            [stored.reference],
+            request,
+            purpose="COC",
+            patient=patient_of(stored.resource),
+        )
         return fhir_response(stored.resource, headers={"ETag": f'W/"{stored.version}"'})
 
     read.__name__ = f"read_{resource_type.lower()}"
@@ -66,11 +102,15 @@ async def search_tasks(
     based_on: Annotated[str | None, Query(alias="based-on")] = None,
     owner: str | None = None,
     status: str | None = None,
-    count: Annotated[int, Query(alias="_count", ge=0, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
-    summary: Annotated[str | None, Query(alias="_summary")] = None,
+    count: CountParam = 50,
+    offset: OffsetParam = 0,
+    summary: SummaryParam = None,
+    last_updated: Annotated[list[str] | None, Query(alias="_lastUpdated")] = None,
 ) -> JSONResponse:
-    """Search Tasks by ``based-on``, ``owner`` and ``status``, within the caller's scope."""
+    """Search Tasks by ``based-on``, ``owner``, ``status`` and ``_lastUpdated``, within the caller's scope."""
+    window = [_date_bound(value) for value in last_updated or []]
+    based_on = reference_param(based_on, "ServiceRequest", "based-on") if based_on else None
+    owner = reference_param(owner, "Organization", "owner") if owner else None
     if based_on:
         found = await state.store.search("Task", "based-on", based_on)
     elif owner:
@@ -91,12 +131,31 @@ async def search_tasks(
         found = [t for t in found if t.resource.get("owner", {}).get("reference") == owner]
     if status:
         found = [t for t in found if t.resource.get("status") == status]
-    visible = [t for t in found if can_read(principal, t.scope)]
-    if summary == "count":
-        return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(visible)})
-    page = visible[offset : offset + count]
-    await record_audit(state, principal, "R", [t.reference for t in page], request, purpose="COC")
-    return fhir_response(_searchset(request, visible, page, offset, count))
+    visible = [t for t in found if can_read(principal, t.scope) and _within(t, window)]
+    return await search_answer(request, state, principal, visible, Paging(count, offset, summary))
+
+
+async def search_answer(
+    request: Request,
+    state: GatewayState,
+    principal: Principal,
+    matches: list[StoredResource],
+    paging: Paging,
+    *,
+    purpose: str = "COC",
+    audited: list[str] | None = None,
+    patient: str | None = None,
+) -> JSONResponse:
+    """Answer a search with the matches the caller may see: a count alone, or one audited page of them.
+
+    `audited` names what the AuditEvent records (default: the records on the page).
+    """
+    if paging.summary == "count":
+        return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(matches)})
+    page = matches[paging.offset : paging.offset + paging.count]
+    references = audited if audited is not None else [m.reference for m in page]
+    await record_audit(state, principal, "R", references, request, purpose=purpose, patient=patient)
+    return fhir_response(_searchset(request, matches, page, paging.offset, paging.count))
 
 
 def _searchset(
@@ -122,3 +181,67 @@ def _searchset(
             for t in page
         ],
     }
+
+
+_PREFIXES = ("ge", "le", "gt", "lt", "eq")
+
+
+def _date_bound(value: str) -> tuple[str, datetime]:
+    """Read ``_lastUpdated=ge2026-11-23`` (or le, gt, lt, eq; no prefix means eq) into (prefix, instant)."""
+    prefix = value[:2] if value[:2] in _PREFIXES else "eq"
+    text = value[2:] if value[:2] in _PREFIXES else value
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise api_error(
+            400,
+            IssueType.VALUE,
+            "_lastUpdated must be a date or dateTime with an optional prefix ge, le, gt, lt or eq",
+            expression="_lastUpdated",
+        ) from None
+    return prefix, moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _within(stored: StoredResource, window: list[tuple[str, datetime]]) -> bool:
+    if not window:
+        return True
+    updated = datetime.fromisoformat(str(stored.resource["meta"]["lastUpdated"]).replace("Z", "+00:00"))
+    checks = {
+        "ge": lambda bound: updated >= bound,
+        "le": lambda bound: updated <= bound,
+        "gt": lambda bound: updated > bound,
+        "lt": lambda bound: updated < bound,
+        "eq": lambda bound: updated == bound,
+    }
+    return all(checks[prefix](bound) for prefix, bound in window)
+
+
+@router.get("/fhir/AuditEvent", summary="Search AuditEvents by entity (operators and admin)")
+async def search_audit_events(
+    request: Request,
+    principal: CurrentPrincipal,
+    state: State,
+    entity: str | None = None,
+    count: CountParam = 50,
+    offset: OffsetParam = 0,
+    summary: SummaryParam = None,
+) -> JSONResponse:
+    """Who touched a record: the AuditEvents naming ``entity`` (``Type/id``), oldest first."""
+    if not can_read_audit(principal):
+        raise api_error(403, IssueType.FORBIDDEN, "only operators and admin read the audit log")
+    if not entity or not _REFERENCE.fullmatch(entity):
+        raise api_error(
+            400, IssueType.REQUIRED, "give entity=<Type>/<id>, e.g. entity=Patient/<id>", expression="entity"
+        )
+    found = await state.store.search("AuditEvent", "entity", entity)
+    patient = entity if entity.startswith("Patient/") else None
+    return await search_answer(
+        request,
+        state,
+        principal,
+        found,
+        Paging(count, offset, summary),
+        purpose="HSYSADMIN",
+        audited=["AuditEvent"],
+        patient=patient,
+    )

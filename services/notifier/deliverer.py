@@ -3,42 +3,93 @@
 At least once, with the notification id as the receiver's idempotency key; a delivery already made
 is never sent again (the delivery record in KV is checked first). Failures wait by the retry schedule
 (backoff with jitter); a dead endpoint's breaker opens so its items wait without being tried; after
-the last attempt the item goes to the dead-letter stream. Every attempt publishes NotificationDelivered.
+the last attempt the item goes to the dead-letter stream. Every attempt publishes NotificationDelivered
+and updates the delivery record.
+
+Order: a recipient's notifications about one referral arrive in the order they were requested. While
+one waits for a retry it holds its (subscription, referral) lane (``DeliveryLedger.set_hold``); later
+ones wait behind it until it is delivered or dead-lettered. Concurrency across endpoints is the job of
+``services.notifier.lanes``; here each endpoint also has a cap on attempts in flight at once (several
+subscriptions may share one URL), and ``parked_for`` tells the lanes when an endpoint's breaker is open.
+
+Email work items (channel EMAIL, key ``email-<recipient>``) go the same way through ``mailer.Mailer``:
+the SMTP server has its own breaker, and the record, retries and dead letter are those of a rest-hook.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
+from haven.canonical import TOPIC_REFERRAL_ROUTED
 from haven.kit import bus, telemetry, topology
 from haven.kit.clock import Clock
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
 from haven.kit.timestamps import to_timestamp
 from haven.notification.v1 import notification_pb2
+from services.notifier.domain.backport import (
+    EVENT_NOTIFICATION,
+    SubscriptionEvent,
+    canonical_json,
+    notification_bundle,
+)
 from services.notifier.domain.delivery import EndpointBreakers, RetrySchedule
 from services.notifier.domain.signing import delivery_headers
+from services.notifier.ledger import (
+    DEAD,
+    DELIVERED,
+    FINAL_STATES,
+    RETRYING,
+    DeliveryLedger,
+    record_key,
+)
+from services.notifier.mailer import EMAIL_KEY_PREFIX, Mailer
+from services.notifier.subscriptions import SubscriptionCache
 
 _log = logging.getLogger(__name__)
 
+# How long a later notification waits, past the hold's end, before looking again.
+_HOLD_MARGIN_SECONDS = 0.05
+# How long past its time a hold's holder may stay away before the lane goes on without it.
+_STALE_HOLD_SECONDS = 120.0
 
-def delivery_consumer(schedule: RetrySchedule) -> bus.ConsumerSpec:
-    """Return the consumer of work items; it allows more deliveries than the schedule has attempts."""
+
+# Attempts in flight at once to one endpoint (URL or SMTP server), over all its subscriptions.
+DEFAULT_ENDPOINT_IN_FLIGHT = 4
+# Items waiting for a retry or an open breaker stay pending on the consumer (nak with delay); a dead
+# endpoint's backlog must never use up the window that the healthy endpoints' items need.
+DEFAULT_MAX_ACK_PENDING = 100_000
+
+
+def delivery_consumer(
+    schedule: RetrySchedule,
+    ack_wait_seconds: float = 30.0,
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
+) -> bus.ConsumerSpec:
+    """Return the consumer of work items; it allows more deliveries than the schedule has attempts.
+
+    ``ack_wait_seconds`` is how soon an item held by a process that died is offered again; the lanes
+    keep items they still hold alive with in-progress acks, so it can be short. ``max_ack_pending`` is
+    large because waiting items (retries, open breakers) count against it while they wait in JetStream;
+    what the process takes in at once is bounded by the fetch batch and the lanes' capacity instead.
+    """
     return bus.ConsumerSpec(
         stream="HAVEN_NOTIFICATIONS",
         durable="notifier-delivery",
         subjects=(topology.NOTIFICATION_REQUESTED,),
         max_deliver=-1,
-        ack_wait_seconds=60.0,
+        ack_wait_seconds=ack_wait_seconds,
+        max_ack_pending=max_ack_pending,
     )
 
 
@@ -48,80 +99,226 @@ class Deliverer:
     def __init__(
         self,
         js: JetStreamContext,
-        deliveries: KeyValue,
-        subscription_secrets: KeyValue,
+        ledger: DeliveryLedger,
+        subscriptions: SubscriptionCache,
         http: httpx.AsyncClient,
         schedule: RetrySchedule,
         breakers: EndpointBreakers,
         clock: Clock,
         rng: random.Random | None = None,
+        on_sent: Callable[[str], None] | None = None,
+        mailer: Mailer | None = None,
+        endpoint_in_flight: int = DEFAULT_ENDPOINT_IN_FLIGHT,
     ) -> None:
         self._js = js
-        self._deliveries = deliveries
-        self._secrets = subscription_secrets
+        self._ledger = ledger
+        self._subscriptions = subscriptions
         self._http = http
         self._schedule = schedule
         self._breakers = breakers
         self._clock = clock
         self._rng = rng or random.Random()
+        self._on_sent = on_sent
+        self._mailer = mailer
+        self._in_flight = endpoint_in_flight
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def parked_for(self, request: notification_pb2.NotificationRequested) -> float:
+        """Return how long the item's endpoint is known to be down (0: try it), from memory only."""
+        if request.subscription_id.startswith(EMAIL_KEY_PREFIX):
+            endpoint = self._mailer.endpoint if self._mailer is not None else ""
+        else:
+            record = self._subscriptions.cached(request.subscription_id)
+            endpoint = str(record.get("endpoint", "")) if record else ""
+        return self._breakers.closed_in(endpoint, time.monotonic()) if endpoint else 0.0
 
     async def handle(self, msg: Msg) -> None:
-        """Deliver one NotificationRequested."""
+        """Deliver one NotificationRequested (raises bus.RetryLater / bus.Unprocessable as outcomes)."""
         request = notification_pb2.NotificationRequested.FromString(msg.data)
-        record_key = f"{request.notification_id}.{request.subscription_id}"
-        if await self._already_delivered(record_key):
+        sequence = int(msg.metadata.sequence.stream)
+        key = record_key(request.notification_id, request.subscription_id)
+        # Two reads in one round trip: the record, and the hold that keeps this lane in order.
+        record, hold = await asyncio.gather(
+            self._ledger.record(key), self._ledger.hold(request.subscription_id, request.referral_id)
+        )
+        if record.get("state") in FINAL_STATES:
+            await self._ledger.release(request.subscription_id, request.referral_id, sequence, self._clock())
             return
-        subscription = await self._subscription(request.subscription_id)
-        if subscription is None:
-            raise bus.Unprocessable("subscription no longer exists")
+        email_to = ""
+        subscription: dict[str, Any]
+        if request.subscription_id.startswith(EMAIL_KEY_PREFIX):
+            address = self._mailer.address_for(request.recipient_organisation_id) if self._mailer else None
+            if address is None or self._mailer is None:
+                await self._ledger.release(
+                    request.subscription_id, request.referral_id, sequence, self._clock()
+                )
+                raise bus.Unprocessable("no SMTP server or email address configured for the recipient")
+            email_to, subscription = address, {"endpoint": self._mailer.endpoint}
+        else:
+            found = await self._subscriptions.get(request.subscription_id)
+            if found is None:
+                await self._ledger.release(
+                    request.subscription_id, request.referral_id, sequence, self._clock()
+                )
+                raise bus.Unprocessable("subscription no longer exists")
+            subscription = found
+        now = self._clock()
+        if hold is not None and int(hold["sequence"]) < sequence:
+            overdue = now.timestamp() - float(hold["until"])
+            # A holder that has not come back long after its time (settled elsewhere, or lost) stops
+            # holding: order gives way to delivery rather than block the lane for ever.
+            if overdue < _STALE_HOLD_SECONDS:
+                await self._ledger.wait_behind(request.subscription_id, request.referral_id, sequence)
+                wait = max(0.0, -overdue) + _HOLD_MARGIN_SECONDS
+                raise bus.RetryLater("an earlier notification to this recipient is waiting", delay=wait)
         endpoint = str(subscription["endpoint"])
         breaker = self._breakers.for_endpoint(endpoint)
         if not breaker.allow(time.monotonic()):
             # Not an attempt: the endpoint is known to be down; look again when the breaker may close.
-            raise bus.RetryLater("endpoint circuit open", delay=self._breakers.reset_after)
-        attempt = await self._next_attempt(record_key)
-        status, detail = await self._post(request, endpoint, str(subscription["secret"]).encode())
+            wait = max(0.05, breaker.closed_in(time.monotonic())) + self._rng.uniform(0.0, 0.5)
+            await self._hold(request, sequence, now, wait)
+            raise bus.RetryLater("endpoint circuit open", delay=wait)
+        attempt = _int(record.get("attempts")) + 1
+        record = await self._with_event_number(request, record)
+        async with self._slot(endpoint):
+            if email_to and self._mailer is not None:
+                status, detail, timed_out = await self._mailer.send(request, email_to)
+            else:
+                body = await self._body(request, subscription, record, now)
+                secret = str(subscription["secret"]).encode()
+                status, detail, timed_out = await self._post(request, endpoint, secret, body)
+        record.update(
+            attempts=attempt, last_status=status, last_detail=detail, last_attempt_at=now.isoformat()
+        )
         if 200 <= status < 300:
             breaker.record_success()
-            await self._deliveries.put(
-                record_key, json.dumps({"state": "delivered", "attempts": attempt}).encode()
+            if self._on_sent is not None:
+                self._on_sent(request.subscription_id)
+            record.update(state=DELIVERED, delivered_at=self._clock().isoformat(), next_attempt_at=None)
+            await asyncio.gather(
+                self._ledger.put_record(key, record),
+                self._ledger.release(request.subscription_id, request.referral_id, sequence, self._clock()),
+                self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_DELIVERED, status, ""),
             )
-            await self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_DELIVERED, status, "")
             return
-        breaker.record_failure(time.monotonic())
-        delay = self._schedule.delay_for(attempt, self._rng)
+        breaker.record_failure(time.monotonic(), timed_out=timed_out)
+        # After a redrive the schedule starts again; attempt numbers keep counting (they name events).
+        delay = self._schedule.delay_for(attempt - _int(record.get("redrive_from")), self._rng)
         if delay is None:
-            await bus.publish_event(
-                self._js,
-                topology.NOTIFICATION_DEAD_LETTER,
-                request,
-                msg_id=derived_id("dead-letter", record_key),
-            )
-            await self._deliveries.put(
-                record_key, json.dumps({"state": "dead", "attempts": attempt}).encode()
-            )
-            await self._record(
-                request, attempt, notification_pb2.DELIVERY_OUTCOME_DEAD_LETTERED, status, detail
-            )
-            log_event(
-                _log,
-                "notification dead-lettered",
-                logging.ERROR,
-                notification_id=request.notification_id,
-                recipient=request.recipient_organisation_id,
-                attempts=attempt,
-            )
+            await self._dead_letter(request, key, record, sequence, attempt, status, detail)
             return
-        await self._deliveries.put(
-            record_key, json.dumps({"state": "retrying", "attempts": attempt}).encode()
+        record.update(state=RETRYING, next_attempt_at=(now + timedelta(seconds=delay)).isoformat())
+        await asyncio.gather(
+            self._ledger.put_record(key, record),
+            self._hold(request, sequence, now, delay),
+            self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_RETRYING, status, detail),
         )
-        await self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_RETRYING, status, detail)
         raise bus.RetryLater(f"delivery attempt {attempt} failed ({detail})", delay=delay)
 
+    async def _dead_letter(
+        self,
+        request: notification_pb2.NotificationRequested,
+        key: str,
+        record: dict[str, Any],
+        sequence: int,
+        attempt: int,
+        status: int,
+        detail: str,
+    ) -> None:
+        redrives = _int(record.get("redrives"))
+        await bus.publish_event(
+            self._js,
+            topology.NOTIFICATION_DEAD_LETTER,
+            request,
+            msg_id=derived_id("dead-letter", key, str(redrives)),
+        )
+        record.update(state=DEAD, dead_at=self._clock().isoformat(), next_attempt_at=None)
+        await self._ledger.put_record(key, record)
+        # A dead letter no longer holds its lane: later notifications go on (the receiver sees the gap
+        # in event numbers), and an operator can redrive this one.
+        await self._ledger.release(request.subscription_id, request.referral_id, sequence, self._clock())
+        await self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_DEAD_LETTERED, status, detail)
+        log_event(
+            _log,
+            "notification dead-lettered",
+            logging.ERROR,
+            notification_id=request.notification_id,
+            recipient=request.recipient_organisation_id,
+            attempts=attempt,
+        )
+
+    def _slot(self, endpoint: str) -> asyncio.Semaphore:
+        """Return the endpoint's cap on attempts in flight (a hanging URL holds at most this many)."""
+        slot = self._slots.get(endpoint)
+        if slot is None:
+            slot = self._slots[endpoint] = asyncio.Semaphore(self._in_flight)
+        return slot
+
+    async def _hold(
+        self, request: notification_pb2.NotificationRequested, sequence: int, now: datetime, delay: float
+    ) -> None:
+        until = now + timedelta(seconds=delay)
+        await self._ledger.set_hold(request.subscription_id, request.referral_id, sequence, until)
+
+    async def _with_event_number(
+        self, request: notification_pb2.NotificationRequested, record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Give the notification its subscription's event number on first sight, and start its record."""
+        if record.get("event_number"):
+            return record
+        event = SubscriptionEvent(
+            event_number=0,
+            notification_id=request.notification_id,
+            event_type=request.event_type,
+            referral_id=request.referral_id,
+            occurred_at=request.occurred_at.ToDatetime().replace(tzinfo=self._clock().tzinfo),
+            payload_json=request.payload_json,
+        )
+        number = await self._ledger.number_event(request.subscription_id, event)
+        started = {
+            **record,
+            "notification_id": request.notification_id,
+            "subscription_id": request.subscription_id,
+            "referral_id": request.referral_id,
+            "recipient_organisation_id": request.recipient_organisation_id,
+            "event_type": request.event_type,
+            "event_number": number,
+            "requested_at": event.occurred_at.isoformat(),
+            "due_by": request.due_by.ToDatetime().isoformat() + "Z",
+        }
+        key = record_key(request.notification_id, request.subscription_id)
+        await self._ledger.put_record(key, started, index=True)
+        return started
+
+    async def _body(
+        self,
+        request: notification_pb2.NotificationRequested,
+        subscription: dict[str, Any],
+        record: dict[str, Any],
+        now: datetime,
+    ) -> bytes:
+        """Return the bytes to send: the bare projection, or a backport notification Bundle."""
+        if not subscription.get("backport"):
+            return bytes(request.payload_json)
+        number = _int(record.get("event_number"))
+        event = await self._ledger.event(request.subscription_id, number)
+        events = [event] if event is not None else []
+        bundle = notification_bundle(
+            bundle_id=derived_id("notification-bundle", request.notification_id, request.subscription_id),
+            subscription_id=request.subscription_id,
+            topic=str(subscription.get("topic") or TOPIC_REFERRAL_ROUTED),
+            status="active",
+            kind=EVENT_NOTIFICATION,
+            events_since_start=await self._ledger.events_count(request.subscription_id),
+            now=now,
+            events=events,
+        )
+        return canonical_json(bundle)
+
     async def _post(
-        self, request: notification_pb2.NotificationRequested, endpoint: str, secret: bytes
-    ) -> tuple[int, str]:
-        body = request.payload_json
+        self, request: notification_pb2.NotificationRequested, endpoint: str, secret: bytes, body: bytes
+    ) -> tuple[int, str, bool]:
+        """POST the body; return (HTTP status or 0, detail, whether it timed out)."""
         headers = delivery_headers(
             request.notification_id, request.event_type, body, secret, int(self._clock().timestamp())
         )
@@ -134,31 +331,9 @@ class Deliverer:
                 )
             except httpx.HTTPError as error:
                 span.set_attribute("haven.delivery_error", type(error).__name__)
-                return 0, type(error).__name__
+                return 0, type(error).__name__, isinstance(error, httpx.TimeoutException)
             span.set_attribute("http.response.status_code", answer.status_code)
-            return answer.status_code, f"HTTP {answer.status_code}"
-
-    async def _already_delivered(self, record_key: str) -> bool:
-        state = await self._state(record_key)
-        return state.get("state") in ("delivered", "dead")
-
-    async def _next_attempt(self, record_key: str) -> int:
-        attempts = (await self._state(record_key)).get("attempts", 0)
-        return (attempts if isinstance(attempts, int) else 0) + 1
-
-    async def _state(self, record_key: str) -> dict[str, object]:
-        try:
-            entry = await self._deliveries.get(record_key)
-        except KeyNotFoundError:
-            return {}
-        return dict(json.loads(entry.value or b"{}"))
-
-    async def _subscription(self, subscription_id: str) -> dict[str, object] | None:
-        try:
-            entry = await self._secrets.get(subscription_id)
-        except KeyNotFoundError:
-            return None
-        return dict(json.loads(entry.value or b"{}"))
+            return answer.status_code, f"HTTP {answer.status_code}", False
 
     async def _record(
         self,
@@ -182,3 +357,7 @@ class Deliverer:
             referral_id=request.referral_id,
         )
         await bus.publish_event(self._js, topology.NOTIFICATION_DELIVERED, event, msg_id=event.event_id)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0

@@ -1,49 +1,229 @@
-"""Free places per service in JetStream KV, taken with compare-and-set so no place is given twice.
+"""Free places and waiting lists per service in JetStream KV; places taken with compare-and-set.
 
-Several router processes may run at once: a reservation reads the free count with its revision and
-writes count - 1 only if nobody wrote in between; on a conflict it reads again. A reservation record
-per task makes a redelivered event take no second place. The place is taken before the record is
-written, so a crash between the two can only lose a place (safe), never give one twice.
+Several router processes may run at once: a reservation writes count - 1 only if the free count is
+still at the revision it read; on a conflict it reads again. A reservation record per task makes a
+repeated reservation take no second place. The place is taken before the record is written, so a
+crash between the two can only lose a place (safe), never give one twice.
+
+A release deletes the reservation record with compare-and-set on its revision before it gives the
+place back, so of two releases of the same task (a redelivery, or a rejection racing an expiry) only
+one returns the place.
+
+Every router keeps the free counts and the waiting lists in memory from KV watches (``follow``), so
+planning reads no KV: the counts it plans with may be a few milliseconds old, but a place is only ever
+taken by a compare-and-set at the revision last seen, and a stale revision makes it read the count
+again. Within a process the compare-and-sets on one service are serialised (one lock per service), so
+the router's own concurrent routings do not conflict with each other.
+
+Keys (bucket ``haven_capacity``):
+
+- ``free.<service>``: free places; ``total.<service>``: the directory's count the free count was last
+  adjusted to; ``reservation.<task>``: JSON ``{"service", "accepted"}``.
+- ``waiting.<service>.<referral>``: the child is on the service's waiting list; its KV revision (the
+  stream sequence of its creation) orders the list, so the position is 1 + the number of entries of
+  the service with a lower revision. Created once: routing the child again keeps its place in line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import contextlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from haven.kit.topology import BUCKET_CAPACITY
 from services.referral_router.domain import Directory
+from services.referral_router.kv_follow import follow
 
 _MAX_CAS_ATTEMPTS = 50
+_WRONG_LAST_SEQUENCE = 10071
+_FREE = "free."
+_WAITING = "waiting."
+# How long a new waiting-list entry may take to show in this router's view before its position is
+# computed without it (the watch normally delivers it within a millisecond).
+_WAITING_VIEW_TIMEOUT = 2.0
 
 
 def _free_key(service_id: str) -> str:
-    return f"free.{service_id}"
+    return f"{_FREE}{service_id}"
+
+
+def _total_key(service_id: str) -> str:
+    return f"total.{service_id}"
 
 
 def _reservation_key(task_id: str) -> str:
     return f"reservation.{task_id}"
 
 
+def _waiting_key(service_id: str, referral_id: str) -> str:
+    return f"{_WAITING}{service_id}.{referral_id}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A place held for one task, and whether the provider has accepted the task."""
+
+    task_id: str
+    service_id: str
+    accepted: bool
+    revision: int
+
+
+def _encode_reservation(service_id: str, accepted: bool) -> bytes:
+    return json.dumps({"service": service_id, "accepted": accepted}, separators=(",", ":")).encode()
+
+
+def _removed(entry: KeyValue.Entry) -> bool:
+    return entry.operation is not None or not entry.value
+
+
 class CapacityLedger:
-    """The free places of every capacity-limited service."""
+    """The free places and waiting lists of every capacity-limited service."""
 
     def __init__(self, bucket: KeyValue) -> None:
         self._bucket = bucket
+        self._free: dict[str, tuple[int, int]] = {}  # service -> (free count, KV revision)
+        self._stale: set[str] = set()  # services whose cached revision lost a compare-and-set
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, dict[str, int]] = {}  # service -> referral -> revision
+        self._waiting_order: dict[str, list[int]] = {}  # service -> revisions of its entries, sorted
+        self._waiting_of: dict[str, set[str]] = {}  # referral -> services it waits at
+        self._waiting_seen = 0  # highest waiting-list revision applied to the view
+        self._waiting_changed = asyncio.Condition()
+
+    # --- the view, from KV watches ---------------------------------------------------------------
+
+    async def follow(self, js: JetStreamContext, loaded: asyncio.Event, stop: asyncio.Event) -> None:
+        """Keep the free counts and waiting lists in memory; set ``loaded`` when both are in."""
+        remaining = [2]
+
+        async def one_loaded() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                loaded.set()
+
+        await asyncio.gather(
+            follow(js, BUCKET_CAPACITY, f"{_FREE}*", self._apply_free, one_loaded, stop),
+            follow(js, BUCKET_CAPACITY, f"{_WAITING}>", self._apply_waiting, one_loaded, stop),
+        )
+
+    async def _apply_free(self, entry: KeyValue.Entry, live: bool) -> None:
+        service_id = entry.key.removeprefix(_FREE)
+        if _removed(entry):
+            self._free.pop(service_id, None)
+            return
+        self._note_free(service_id, int(entry.value or b"0"), entry.revision or 0)
+
+    def _note_free(self, service_id: str, free: int, revision: int) -> None:
+        known = self._free.get(service_id)
+        if known is None or revision > known[1]:
+            self._free[service_id] = (free, revision)
+
+    async def _apply_waiting(self, entry: KeyValue.Entry, live: bool) -> None:
+        service_id, _, referral_id = entry.key.removeprefix(_WAITING).partition(".")
+        revision = entry.revision or 0
+        entries = self._waiting.setdefault(service_id, {})
+        order = self._waiting_order.setdefault(service_id, [])
+        previous = entries.pop(referral_id, None)
+        if previous is not None:
+            del order[bisect.bisect_left(order, previous)]
+        if _removed(entry):
+            self._waiting_of.get(referral_id, set()).discard(service_id)
+        else:
+            entries[referral_id] = revision
+            bisect.insort(order, revision)
+            self._waiting_of.setdefault(referral_id, set()).add(service_id)
+        async with self._waiting_changed:
+            self._waiting_seen = max(self._waiting_seen, revision)
+            self._waiting_changed.notify_all()
+
+    def known_free(self) -> dict[str, int]:
+        """Return the free count of each capacity-limited service, as this router last saw it."""
+        return {service_id: free for service_id, (free, _) in self._free.items()}
+
+    def waiting_ahead(self, referral_id: str) -> dict[str, int]:
+        """Per service with a waiting list: how many children are ahead of this one (all, if not on it)."""
+        ahead: dict[str, int] = {}
+        for service_id, entries in self._waiting.items():
+            own = entries.get(referral_id)
+            order = self._waiting_order[service_id]
+            ahead[service_id] = len(order) if own is None else bisect.bisect_left(order, own)
+        return ahead
+
+    def waiting_at(self, referral_id: str) -> frozenset[str]:
+        """Return the services on whose waiting list the child is."""
+        return frozenset(self._waiting_of.get(referral_id, ()))
+
+    # --- waiting lists ---------------------------------------------------------------------------
+
+    async def join_waiting(self, service_id: str, referral_id: str, now: datetime) -> None:
+        """Put the child at the end of the service's waiting list (kept where it is when already on it).
+
+        Returns once this router's view holds the entry and every one created before it, so the
+        position computed next is the child's place in line.
+        """
+        since = now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        try:
+            revision = await self._bucket.create(
+                _waiting_key(service_id, referral_id), json.dumps({"since": since}).encode()
+            )
+        except KeyWrongLastSequenceError:
+            return  # on the list already: its place in line stands
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_WAITING_VIEW_TIMEOUT), self._waiting_changed:
+                await self._waiting_changed.wait_for(lambda: self._waiting_seen >= revision)
+
+    async def leave_waiting(self, service_id: str, referral_id: str) -> None:
+        """Take the child off the service's waiting list (nothing happens when it is not on it)."""
+        await self._bucket.delete(_waiting_key(service_id, referral_id))
+
+    # --- places ----------------------------------------------------------------------------------
 
     async def seed(self, directory: Directory) -> None:
-        """Create the free count of each service from the directory, leaving existing counts alone."""
+        """Create or adjust the free count of each service so that it follows the directory's places."""
         for service in directory.services:
-            if service.places is None:
+            if service.places is not None:
+                await self.sync_places(service.id, service.places.count)
+
+    async def sync_places(self, service_id: str, total: int) -> None:
+        """Make the free count follow a changed number of places (every router may call this at once).
+
+        The first start creates both counts. A later change moves the free count by the difference;
+        only the router whose compare-and-set on ``total`` wins applies it, so it is applied once.
+        """
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            try:
+                entry = await self._bucket.get(_total_key(service_id))
+            except KeyNotFoundError:
+                try:
+                    await self._bucket.create(_total_key(service_id), str(total).encode())
+                except KeyWrongLastSequenceError:
+                    continue  # another router created it first: read its value
+                # A free count without a total predates totals: keep the live count.
+                with contextlib.suppress(KeyWrongLastSequenceError):
+                    await self._bucket.create(_free_key(service_id), str(total).encode())
+                return
+            previous = int(entry.value or b"0")
+            if previous == total:
+                return
+            try:
+                await self._bucket.update(_total_key(service_id), str(total).encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
                 continue
-            # Already seeded by an earlier start or another router: keep the live count.
-            with contextlib.suppress(KeyWrongLastSequenceError):
-                await self._bucket.create(_free_key(service.id), str(service.places.count).encode())
+            await self._add_free(service_id, total - previous)
+            return
+        raise RuntimeError(f"could not change the places of {service_id}: too much contention")
 
     async def free_places(self, service_ids: Iterable[str]) -> dict[str, int]:
-        """Return the free count of each service that has one."""
+        """Read the free count of each service that has one from KV (not from this router's view)."""
         counts: dict[str, int] = {}
         for service_id in service_ids:
             try:
@@ -57,30 +237,107 @@ class CapacityLedger:
     async def reserve(self, service_id: str, task_id: str) -> bool:
         """Take one place of ``service_id`` for ``task_id``; False when none is free.
 
-        Repeating a reservation for the same task returns True without taking another place.
+        Repeating a reservation for the same task returns True and leaves one place taken.
         """
-        if await self.holds(task_id):
-            return True
-        for _ in range(_MAX_CAS_ATTEMPTS):
-            try:
-                entry = await self._bucket.get(_free_key(service_id))
-            except KeyNotFoundError:
-                return True  # no place limit for this service
-            free = int(entry.value or b"0")
-            if free <= 0:
-                return False
-            try:
-                await self._bucket.update(_free_key(service_id), str(free - 1).encode(), last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
-            await self._bucket.put(_reservation_key(task_id), service_id.encode())
-            return True
-        raise RuntimeError(f"could not reserve a place at {service_id}: too much contention")
+        if not await self._change_free(service_id, -1):
+            return False
+        try:
+            await self._bucket.create(_reservation_key(task_id), _encode_reservation(service_id, False))
+        except KeyWrongLastSequenceError:
+            await self._change_free(service_id, +1)  # this task holds a place already: one is enough
+        return True
 
-    async def holds(self, task_id: str) -> bool:
-        """Whether a place is held for the task."""
+    async def reservation(self, task_id: str) -> Reservation | None:
+        """Return the place held for the task, or None."""
         try:
             entry = await self._bucket.get(_reservation_key(task_id))
         except KeyNotFoundError:
-            return False
-        return entry.value is not None
+            return None
+        if not entry.value or entry.revision is None:
+            return None
+        data = json.loads(entry.value)
+        return Reservation(task_id, str(data["service"]), bool(data.get("accepted")), entry.revision)
+
+    async def holds(self, task_id: str) -> bool:
+        """Whether a place is held for the task."""
+        return await self.reservation(task_id) is not None
+
+    async def mark_accepted(self, task_id: str) -> bool:
+        """Record that the provider accepted the task, so its place no longer expires; False if none held."""
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            held = await self.reservation(task_id)
+            if held is None:
+                return False
+            if held.accepted:
+                return True
+            try:
+                await self._bucket.update(
+                    _reservation_key(task_id), _encode_reservation(held.service_id, True), last=held.revision
+                )
+            except KeyWrongLastSequenceError:
+                continue
+            return True
+        raise RuntimeError(f"could not mark {task_id} accepted: too much contention")
+
+    async def release(self, task_id: str) -> str | None:
+        """Give the task's place back; return its service id, or None when no place was held (idempotent).
+
+        The record goes first, with compare-and-set, so only one of two concurrent releases returns the
+        place; a crash before the count is raised loses a place rather than giving one twice.
+        """
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            held = await self.reservation(task_id)
+            if held is None:
+                return None
+            if not await self._delete_at(_reservation_key(task_id), held.revision):
+                continue  # released, or marked accepted, in between: look again
+            await self._add_free(held.service_id, 1)
+            return held.service_id
+        raise RuntimeError(f"could not release the place of {task_id}: too much contention")
+
+    async def _delete_at(self, key: str, revision: int) -> bool:
+        """Delete ``key`` only if it is still at ``revision``; False when it moved on."""
+        try:
+            await self._bucket.delete(key, last=revision)
+        except APIError as error:
+            # nats-py raises the server's "wrong last sequence" (10071) as a plain APIError here.
+            if error.err_code == _WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
+
+    async def _add_free(self, service_id: str, delta: int) -> None:
+        await self._change_free(service_id, delta, floor=None)
+
+    async def _change_free(self, service_id: str, delta: int, floor: int | None = 0) -> bool:
+        """Move the free count by ``delta`` with compare-and-set; False if it would go below ``floor``.
+
+        A service without a free count has no place limit: True, nothing written. The revision comes
+        from the view when it is current, so the usual case is one round trip.
+        """
+        lock = self._locks.setdefault(service_id, asyncio.Lock())
+        async with lock:
+            for _ in range(_MAX_CAS_ATTEMPTS):
+                known = None if service_id in self._stale else self._free.get(service_id)
+                if known is None or (floor is not None and known[0] + delta < floor):
+                    # Not seen yet, lost a compare-and-set, or looks full: ask KV, not the view.
+                    try:
+                        entry = await self._bucket.get(_free_key(service_id))
+                    except KeyNotFoundError:
+                        return True  # no place limit for this service
+                    self._stale.discard(service_id)
+                    known = (int(entry.value or b"0"), entry.revision or 0)
+                    self._note_free(service_id, *known)
+                free, revision = known
+                if floor is not None and free + delta < floor:
+                    return False
+                try:
+                    written = await self._bucket.update(
+                        _free_key(service_id), str(free + delta).encode(), last=revision
+                    )
+                except KeyWrongLastSequenceError:
+                    self._stale.add(service_id)
+                    continue
+                self._note_free(service_id, free + delta, written)
+                return True
+        raise RuntimeError(f"could not change the free places of {service_id}: too much contention")

@@ -1,13 +1,26 @@
-"""The referral router process: EligibilityAssessed in, Tasks and ReferralRouted out.
+"""The referral router process: assessments, task changes and expired reservations in; routings out.
 
-The matcher in ``services.referral_router.domain`` decides; this module reads capacity, takes places
-with compare-and-set, stores the Tasks and publishes the outcome on the LA's subject. A redelivered
-assessment republishes the outcome already decided for it instead of deciding again.
+The matcher in ``services.referral_router.domain`` decides; this module reads capacity, takes and
+gives back places with compare-and-set, stores and closes Tasks and publishes each outcome on the
+LA's subject. Three durable consumers, each shared by every router process:
+
+- ``referral_router`` (EligibilityAssessed): a first routing; or, for a re-assessment whose decisions
+  changed, closes the tasks it ends and routes what is left unserved (``plan_after_eligibility_change``).
+- ``referral_router_tasks`` (TaskStatusChanged): accepted keeps the place (no expiry); rejected gives
+  it back and routes to the next candidate (``plan_reroute_after_rejection``, trigger TASK_REJECTED);
+  completed, cancelled or failed gives it back.
+- ``referral_router_expiry`` (the task id, fired by a JetStream message schedule): a place not accepted
+  in time is given back, the task cancelled and the child routed on (trigger RESERVATION_EXPIRED).
+
+A redelivered message republishes the outcome already decided for it instead of deciding again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -18,58 +31,391 @@ from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
 from haven.kit.clock import Clock, system_clock
 from haven.kit.health import start_grpc_server
+from haven.kit.ids import derived_id
 from haven.kit.lifecycle import ServiceContext, start
 from haven.kit.logs import log_event
-from haven.kit.resources import ResourceStore
+from haven.kit.resources import ResourceStore, StoredResource
+from haven.kit.timestamps import to_timestamp
 from haven.routing.v1 import routing_pb2
+from haven.task.v1 import task_pb2
 from services.referral_router.capacity import CapacityLedger
 from services.referral_router.domain import (
+    Assessment,
+    Continuation,
     Directory,
+    ExistingTask,
+    Outcome,
+    RoutingPlan,
     assessment_from_proto,
     load_directory,
+    plan_after_eligibility_change,
+    plan_reroute_after_rejection,
     plan_routing,
     plan_to_proto,
 )
+from services.referral_router.domain.rerouting import NOT_STARTED
+from services.referral_router.expiry import ReservationExpiry
+from services.referral_router.live_directory import LiveDirectory, seed_directory
+from services.referral_router.records import RoutingRecords
 from services.referral_router.settings import RouterSettings
-from services.referral_router.tasks import store_tasks
+from services.referral_router.tasks import (
+    REASON_EXIT,
+    REASON_NO_LONGER_ELIGIBLE,
+    REASON_RESERVATION_EXPIRED,
+    REASON_ROUTE_CHANGED,
+    close_task,
+    existing_task,
+    flag_for_review,
+    referral_of,
+    store_tasks,
+    tasks_of_referral,
+)
 
 _log = logging.getLogger(__name__)
 
 CONSUMER = bus.ConsumerSpec(
     stream="HAVEN_ELIGIBILITY", durable="referral_router", subjects=(topology.ELIGIBILITY_ASSESSED,)
 )
+TASK_CONSUMER = bus.ConsumerSpec(
+    stream="HAVEN_TASKS", durable="referral_router_tasks", subjects=(topology.TASK_STATUS_CHANGED,)
+)
+EXPIRY_CONSUMER = bus.ConsumerSpec(
+    stream="HAVEN_ROUTER_SCHEDULES",
+    durable="referral_router_expiry",
+    subjects=(topology.RESERVATION_EXPIRED,),
+)
 
 # A reservation lost to another router makes us plan again without that service; bounded.
 _MAX_PLANNING_ROUNDS = 5
+# Statuses in which the provider has taken the child on: the place is kept and no longer expires.
+_TAKEN_ON = frozenset({"accepted", "in-progress", "on-hold"})
+# Statuses that end a task: its place is given back.
+_ENDED = frozenset({"completed", "cancelled", "failed", "entered-in-error"})
+# Re-assessments that may change the tasks already created.
+_REASSESSMENTS = frozenset({eligibility_pb2.TRIGGER_FACTS_UPDATED, eligibility_pb2.TRIGGER_SCHEDULED})
+
+# (free places, waiting ahead of the child) per service -> the plan.
+PlanFor = Callable[[Mapping[str, int], Mapping[str, int]], RoutingPlan]
 
 
 class ReferralRouter:
-    """Routes one assessed referral at a time."""
+    """Routes referrals, one message at a time per consumer."""
 
     def __init__(
         self,
         js: JetStreamContext,
         store: ResourceStore,
         ledger: CapacityLedger,
-        outcomes: KeyValue,
-        directory: Directory,
+        records: RoutingRecords,
+        assessments: KeyValue,
+        directory: Callable[[], Directory],
+        expiry: ReservationExpiry,
         clock: Clock,
     ) -> None:
         self._js = js
         self._store = store
         self._ledger = ledger
-        self._outcomes = outcomes
+        self._records = records
+        self._assessments = assessments
         self._directory = directory
+        self._expiry = expiry
         self._clock = clock
+
+    # --- EligibilityAssessed -------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
         """Handle one EligibilityAssessed message."""
         assessed = eligibility_pb2.EligibilityAssessed.FromString(msg.data)
         if not assessed.referral_id:
             raise bus.Unprocessable("assessment without referral id")
-        sequence = int(msg.metadata.sequence.stream)
-        routed = await self._decided(assessed.referral_id, sequence) or await self._route(assessed, sequence)
-        await store_tasks(self._store, routed, assessed.facts.child_id, self._clock())
+        trigger = f"assessed-{msg.metadata.sequence.stream}"
+        if await self._records.claim_first_sequence(assessed.referral_id):
+            # Never routed before (the usual case): nothing decided, no tasks to look at.
+            routed = await self._route_first(assessed, trigger, sequence=1)
+        else:
+            decided = await self._records.decided(assessed.referral_id, trigger)
+            if decided is not None:
+                routed = decided  # a redelivery: the same decision again
+            else:
+                previous = (
+                    await tasks_of_referral(self._store, assessed.referral_id)
+                    if assessed.trigger in _REASSESSMENTS
+                    else []
+                )
+                if previous and not assessed.changed_programmes:
+                    log_event(_log, "re-assessment changed nothing", referral_id=assessed.referral_id)
+                    return
+                if previous:
+                    routed = await self._route_after_change(assessed, previous, trigger)
+                else:
+                    routed = await self._route_first(assessed, trigger)
+        await self._publish(routed, assessed.facts.child_id)
+
+    async def _route_first(
+        self, assessed: eligibility_pb2.EligibilityAssessed, trigger: str, sequence: int | None = None
+    ) -> routing_pb2.ReferralRouted:
+        assessment = assessment_from_proto(assessed)
+        today = self._clock().date()
+        return await self._decide(
+            assessed.referral_id,
+            trigger,
+            routing_pb2.ROUTING_TRIGGER_ASSESSED,
+            lambda free, waiting: plan_routing(assessment, self._directory(), free, waiting, today),
+            sequence=sequence,
+        )
+
+    async def _route_after_change(
+        self, assessed: eligibility_pb2.EligibilityAssessed, stored: list[StoredResource], trigger: str
+    ) -> routing_pb2.ReferralRouted:
+        """Close the tasks the new decisions end, flag those a person must look at, route the rest."""
+        now = self._clock()
+        assessment = assessment_from_proto(assessed)
+        previous = [existing_task(t.resource) for t in stored]
+        by_id = {t.task_id: t for t in previous}
+        change = plan_after_eligibility_change(
+            previous,
+            assessment,
+            self._directory(),
+            self._ledger.known_free(),
+            self._ledger.waiting_ahead(assessed.referral_id),
+            now.date(),
+        )
+        for closure in change.closures:
+            code = _closure_code(assessment, by_id[closure.task_id])
+            closed = await close_task(self._store, closure.task_id, closure.status, code, closure.reason, now)
+            await self._give_back(closure.task_id)
+            if closed is not None:
+                await self._publish_status(closed[0], closed[1], code)
+        await asyncio.gather(
+            *(flag_for_review(self._store, r.task_id, r.reason, now) for r in change.reviews)
+        )
+        # Plan again with the live capacity (the closures may have freed places).
+        return await self._decide(
+            assessed.referral_id,
+            trigger,
+            routing_pb2.ROUTING_TRIGGER_ASSESSED,
+            lambda free, waiting: (
+                plan_after_eligibility_change(
+                    previous, assessment, self._directory(), free, waiting, now.date()
+                ).routing
+            ),
+        )
+
+    # --- TaskStatusChanged ---------------------------------------------------------------------
+
+    async def handle_task_status(self, msg: Msg) -> None:
+        """Handle one TaskStatusChanged message: keep, give back, or give back and route on."""
+        changed = task_pb2.TaskStatusChanged.FromString(msg.data)
+        if not changed.task_id or not changed.referral_id:
+            raise bus.Unprocessable("task status change without task or referral id")
+        if changed.status in _TAKEN_ON:
+            await self._ledger.mark_accepted(changed.task_id)
+            await self._expiry.cancel(changed.task_id)
+        elif changed.status in _ENDED:
+            await self._give_back(changed.task_id)
+        elif changed.status == "rejected":
+            await self._give_back(changed.task_id)
+            trigger = f"task-{msg.metadata.sequence.stream}"
+            if changed.service_id:
+                declined = _rejected_task(changed)  # the event says which service declined
+            else:
+                stored = await self._store.read("Task", changed.task_id)
+                if stored is None:
+                    raise bus.Unprocessable("rejected task is neither in the event nor stored")
+                declined = existing_task(stored.resource)
+            assessed = await self._assessment(changed.referral_id)
+            routed = await self._route_on(assessed, changed.task_id, trigger, declined)
+            if routed is not None:
+                await self._publish(routed, assessed.facts.child_id)
+        log_event(
+            _log, "task status handled", task_id=changed.task_id, status=changed.status or "unspecified"
+        )
+
+    # --- Expired reservations ------------------------------------------------------------------
+
+    async def handle_expiry(self, msg: Msg) -> None:
+        """Handle one fired reservation expiry: release an unaccepted place and route the child on."""
+        task_id = msg.data.decode()
+        trigger = f"expiry-{msg.metadata.sequence.stream}"
+        stored = await self._store.read("Task", task_id)
+        if stored is None:
+            # The routing that reserved it never stored its task: nobody can accept the place.
+            await self._ledger.release(task_id)
+            return
+        referral_id = referral_of(stored.resource)
+        routed = await self._records.decided(referral_id, trigger)
+        if routed is None:
+            held = await self._ledger.reservation(task_id)
+            if held is None or held.accepted:
+                return  # given back already, or the provider accepted in time
+            now = self._clock()
+            closed = await close_task(
+                self._store,
+                task_id,
+                "cancelled",
+                REASON_RESERVATION_EXPIRED,
+                "the provider did not accept the reservation in time",
+                now,
+                only_from=NOT_STARTED,
+            )
+            if closed is None:
+                # The owner changed the task first (accepted it, or closed it): their word stands.
+                current = await self._store.read("Task", task_id)
+                if current is not None and current.resource.get("status") in _TAKEN_ON:
+                    await self._ledger.mark_accepted(task_id)
+                else:
+                    await self._give_back(task_id)
+                return
+            await asyncio.gather(
+                self._give_back(task_id),
+                self._publish_status(closed[0], closed[1], REASON_RESERVATION_EXPIRED),
+            )
+            assessed = await self._assessment(referral_id)
+            routed = await self._route_on(
+                assessed,
+                task_id,
+                trigger,
+                existing_task(stored.resource),
+                routing_trigger=routing_pb2.ROUTING_TRIGGER_RESERVATION_EXPIRED,
+            )
+            if routed is None:
+                return
+            await self._publish(routed, assessed.facts.child_id)
+            return
+        await self._publish(routed, await self._child_of(referral_id))  # a redelivery: decided before
+
+    # --- Shared --------------------------------------------------------------------------------
+
+    async def _route_on(
+        self,
+        assessed: eligibility_pb2.EligibilityAssessed,
+        task_id: str,
+        trigger: str,
+        declined: ExistingTask,
+        routing_trigger: routing_pb2.RoutingTrigger.ValueType = routing_pb2.ROUTING_TRIGGER_TASK_REJECTED,
+    ) -> routing_pb2.ReferralRouted | None:
+        """Route the declined task's category to the next candidate; None when already done."""
+        referral_id = assessed.referral_id
+        decided = await self._records.decided(referral_id, trigger)
+        if decided is not None:
+            return decided
+        if not await self._records.claim_reroute(task_id, trigger):
+            return None  # a rejection and an expiry of the same task: the first one moved the child on
+        assessment = assessment_from_proto(assessed)
+        others = [t for t in await tasks_of_referral(self._store, referral_id) if t.resource["id"] != task_id]
+        moved_on = await asyncio.gather(*(self._records.was_rerouted(str(t.resource["id"])) for t in others))
+        earlier = [
+            existing_task(t.resource).service_id for t, moved in zip(others, moved_on, strict=True) if moved
+        ]
+        directory = self._directory()
+        if directory.get(declined.service_id) is None:
+            raise bus.Unprocessable("declined task names a service not in the directory")
+        today = self._clock().date()
+        return await self._decide(
+            referral_id,
+            trigger,
+            routing_trigger,
+            lambda free, waiting: plan_reroute_after_rejection(
+                assessment,
+                self._directory(),
+                free,
+                waiting,
+                today,
+                rejected=declined,
+                previously_rejected_services=earlier,
+            ),
+        )
+
+    async def _decide(
+        self,
+        referral_id: str,
+        trigger: str,
+        routing_trigger: routing_pb2.RoutingTrigger.ValueType,
+        plan_for: PlanFor,
+        *,
+        sequence: int | None = None,
+    ) -> routing_pb2.ReferralRouted:
+        """Plan, take the places named, follow the waiting lists, and record the decision.
+
+        A place lost to another routing makes it plan again without that service. Capacity and waiting
+        lists come from this router's view (no KV read); taking a place is one compare-and-set. Nothing
+        is visible outside the router until the caller stores the Tasks and publishes, after the
+        decision is recorded: a crash before that leaves places taken (safe, never given twice) and the
+        child's waiting-list entries, which the redelivery keeps.
+        """
+        now = self._clock()
+        if sequence is None:
+            sequence = await self._records.next_sequence(referral_id)
+        free = self._ledger.known_free()
+        waiting = self._ledger.waiting_ahead(referral_id)
+        for _ in range(_MAX_PLANNING_ROUNDS):
+            plan = plan_for(free, waiting)
+            routed = plan_to_proto(
+                plan, referral_id, sequence=sequence, occurred_at=now, trigger=routing_trigger
+            )
+            wanted = [
+                (task.service_id, task.task_id)
+                for task, planned in zip(routed.tasks, plan.tasks, strict=True)
+                if planned.reserves_place
+            ]
+            if len(wanted) == 1:  # the usual case: no task to start for one round trip
+                got = [await self._ledger.reserve(*wanted[0])]
+            else:
+                got = await asyncio.gather(*(self._ledger.reserve(s, t) for s, t in wanted))
+            taken = [task_id for (_, task_id), ok in zip(wanted, got, strict=True) if ok]
+            lost = [service_id for (service_id, _), ok in zip(wanted, got, strict=True) if not ok]
+            if not lost:
+                break
+            # This round's tasks will not exist: give their places back and plan without the lost ones.
+            await asyncio.gather(*(self._ledger.release(task_id) for task_id in taken))
+            free.update({service_id: 0 for service_id in lost})
+        else:
+            raise bus.RetryLater("capacity kept changing while routing", delay=0.5)
+        if await self._follow_waiting_lists(referral_id, plan, now):
+            # Positions in line as the lists now stand; the tasks do not depend on them.
+            positioned = plan_for(free, self._ledger.waiting_ahead(referral_id))
+            if positioned.tasks == plan.tasks:
+                routed = plan_to_proto(
+                    positioned, referral_id, sequence=sequence, occurred_at=now, trigger=routing_trigger
+                )
+        await asyncio.gather(
+            *(self._expiry.schedule(task_id, now) for task_id in taken),
+            self._records.record(routed, trigger),
+        )
+        return routed
+
+    async def _follow_waiting_lists(self, referral_id: str, plan: RoutingPlan, now: datetime) -> bool:
+        """Put the child on the lists the plan names and take it off the others of the categories routed.
+
+        A child given a place (here or elsewhere) in a category leaves every list of that category.
+        Returns whether the child joined a list (its position must then be read again).
+        """
+        routed_services = {s.id for s in self._directory().services if s.category in plan.categories}
+        current = self._ledger.waiting_at(referral_id)
+        joins = set(plan.waiting_at) - current
+        leaves = (current & routed_services) - set(plan.waiting_at)
+        if joins or leaves:
+            await asyncio.gather(
+                *(self._ledger.join_waiting(s, referral_id, now) for s in sorted(joins)),
+                *(self._ledger.leave_waiting(s, referral_id) for s in sorted(leaves)),
+            )
+        return bool(joins)
+
+    async def _give_back(self, task_id: str) -> None:
+        await asyncio.gather(self._ledger.release(task_id), self._expiry.cancel(task_id))
+
+    async def _assessment(self, referral_id: str) -> eligibility_pb2.EligibilityAssessed:
+        try:
+            entry = await self._assessments.get(referral_id)
+        except KeyNotFoundError:
+            raise bus.Unprocessable("no assessment stored for the referral") from None
+        return eligibility_pb2.EligibilityAssessed.FromString(entry.value or b"")
+
+    async def _child_of(self, referral_id: str) -> str:
+        return (await self._assessment(referral_id)).facts.child_id
+
+    async def _publish(self, routed: routing_pb2.ReferralRouted, child_id: str) -> None:
+        await store_tasks(self._store, routed, child_id, self._clock())
         await bus.publish_event(
             self._js, topology.routed_subject(routed.local_authority_gss), routed, msg_id=routed.event_id
         )
@@ -78,55 +424,84 @@ class ReferralRouter:
             "referral routed",
             referral_id=routed.referral_id,
             event_id=routed.event_id,
+            trigger=routing_pb2.RoutingTrigger.Name(routed.trigger),
             tasks=len(routed.tasks),
             escalate_to_edt=routed.fallback.escalate_to_edt,
         )
 
-    async def _route(
-        self, assessed: eligibility_pb2.EligibilityAssessed, sequence: int
-    ) -> routing_pb2.ReferralRouted:
-        now = self._clock()
-        assessment = assessment_from_proto(assessed)
-        free = await self._ledger.free_places(s.id for s in self._directory.services)
-        for _ in range(_MAX_PLANNING_ROUNDS):
-            plan = plan_routing(assessment, self._directory, free, {}, now.date())
-            routed = plan_to_proto(plan, assessed.referral_id, sequence=sequence, occurred_at=now)
-            lost = [
-                task.service_id
-                for task, planned in zip(routed.tasks, plan.tasks, strict=True)
-                if planned.reserves_place and not await self._ledger.reserve(task.service_id, task.task_id)
-            ]
-            if not lost:
-                await self._outcomes.put(
-                    _outcome_key(assessed.referral_id, sequence), routed.SerializeToString()
-                )
-                return routed
-            free.update({service_id: 0 for service_id in lost})
-        raise bus.RetryLater("capacity kept changing while routing", delay=0.5)
-
-    async def _decided(self, referral_id: str, sequence: int) -> routing_pb2.ReferralRouted | None:
-        try:
-            entry = await self._outcomes.get(_outcome_key(referral_id, sequence))
-        except KeyNotFoundError:
-            return None
-        return routing_pb2.ReferralRouted.FromString(entry.value) if entry.value else None
+    async def _publish_status(self, task: StoredResource, previous_status: str, reason_code: str) -> None:
+        """Tell everyone that the router itself closed a task (changed_by is empty: the system did)."""
+        resource = task.resource
+        found = existing_task(resource)
+        event = task_pb2.TaskStatusChanged(
+            event_id=derived_id("task-status", found.task_id, str(task.version)),
+            referral_id=referral_of(resource),
+            task_id=found.task_id,
+            programme_id=found.programme_id,
+            service_id=found.service_id,
+            owner_organisation_id=str(resource.get("owner", {}).get("reference", "")).removeprefix(
+                "Organization/"
+            ),
+            local_authority_gss=task.scope.local_authority_gss,
+            previous_status=previous_status,
+            status=found.status,
+            status_reason_code=reason_code,
+        )
+        event.occurred_at.CopyFrom(to_timestamp(self._clock()))
+        await bus.publish_event(self._js, topology.TASK_STATUS_CHANGED, event, msg_id=event.event_id)
 
 
-def _outcome_key(referral_id: str, sequence: int) -> str:
-    return f"{referral_id}.{sequence}"
+def _rejected_task(changed: task_pb2.TaskStatusChanged) -> ExistingTask:
+    return ExistingTask(
+        task_id=changed.task_id,
+        programme_id=changed.programme_id,
+        service_id=changed.service_id,
+        route="",
+        status=changed.status,
+    )
+
+
+def _closure_code(assessment: Assessment, task: ExistingTask) -> str:
+    decision = assessment.decision_for(task.programme_id)
+    if decision is not None and decision.continuation is Continuation.EXIT:
+        return REASON_EXIT
+    if decision is not None and decision.outcome is Outcome.ELIGIBLE:
+        return REASON_ROUTE_CHANGED
+    return REASON_NO_LONGER_ELIGIBLE
+
+
+async def _until_loaded(work: asyncio.Task[None], loaded: asyncio.Event) -> None:
+    """Wait until ``loaded`` is set; raise the error of ``work`` if it fails first."""
+    waiting = asyncio.create_task(loaded.wait())
+    await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if work.done():
+        work.result()
 
 
 async def run(ctx: ServiceContext, settings: RouterSettings, clock: Clock = system_clock) -> None:
-    """Consume assessments and route them until the service is told to stop."""
-    directory = load_directory()
+    """Load and watch the directory and the capacity, then consume until the service is told to stop.
+
+    Ready only once the directory is loaded, the free counts follow it and this router's view of the
+    free counts and waiting lists holds everything in KV: a ready router routes on the real state.
+    """
+    store = await ResourceStore.open(ctx.js)
     ledger = CapacityLedger(await ctx.js.key_value(topology.BUCKET_CAPACITY))
-    await ledger.seed(directory)
+    await seed_directory(store, load_directory(), clock())
+    live = LiveDirectory(ctx.js, ledger)
+    directory_loaded, capacity_loaded = asyncio.Event(), asyncio.Event()
+    watch = asyncio.create_task(live.run(directory_loaded, ctx.stop))
+    await _until_loaded(watch, directory_loaded)  # the free counts are seeded from it
+    capacity = asyncio.create_task(ledger.follow(ctx.js, capacity_loaded, ctx.stop))
+    await _until_loaded(capacity, capacity_loaded)
     router = ReferralRouter(
         ctx.js,
-        await ResourceStore.open(ctx.js),
+        store,
         ledger,
-        await ctx.js.key_value(topology.BUCKET_ROUTING),
-        directory,
+        RoutingRecords(await ctx.js.key_value(topology.BUCKET_ROUTING)),
+        await ctx.js.key_value(topology.BUCKET_ASSESSMENTS),
+        lambda: live.current,
+        ReservationExpiry(ctx.js, timedelta(seconds=settings.reservation_timeout_seconds)),
         clock,
     )
     server = await start_grpc_server(
@@ -134,7 +509,18 @@ async def run(ctx: ServiceContext, settings: RouterSettings, clock: Clock = syst
     )
     ctx.readiness.set(True)
     try:
-        await bus.consume(ctx.js, CONSUMER, router.handle, ctx.stop)
+        # Several pull subscribers on the same durable: a process overlaps the KV round trips of
+        # several referrals; compare-and-set keeps them from giving a place twice, as across processes.
+        await asyncio.gather(
+            *(
+                bus.consume(ctx.js, CONSUMER, router.handle, ctx.stop)
+                for _ in range(settings.router_concurrency)
+            ),
+            bus.consume(ctx.js, TASK_CONSUMER, router.handle_task_status, ctx.stop),
+            bus.consume(ctx.js, EXPIRY_CONSUMER, router.handle_expiry, ctx.stop),
+            watch,
+            capacity,
+        )
     finally:
         await server.stop(grace=2)
 

@@ -1,13 +1,28 @@
-"""FHIR Tasks for routed services: built from the ReferralRouted event, stored with their access scope."""
+"""FHIR Tasks for routed services: built from the ReferralRouted event, stored with their access scope.
+
+The router also closes the tasks it decides are over (an expired reservation, a programme exit, a
+child no longer eligible) with a coded ``statusReason``, and flags tasks a person must review.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
-from haven.canonical import CS_PROGRAMME, CS_TASK_ROUTE, EXT_MANUAL_REVIEW
-from haven.kit.resources import RecordScope, ResourceStore
+from haven.canonical import CS_PROGRAMME, CS_TASK_ROUTE, CS_TASK_STATUS_REASON, EXT_MANUAL_REVIEW
+from haven.kit.resources import (
+    AlreadyExistsError,
+    RecordScope,
+    ResourceStore,
+    StoredResource,
+    VersionConflictError,
+)
 from haven.routing.v1 import routing_pb2
+from services.referral_router.domain import ExistingTask
+from services.referral_router.domain.rerouting import ACTIVE
 
 
 def task_resource(
@@ -50,12 +65,130 @@ def task_scope(event: routing_pb2.ReferralRouted, task: routing_pb2.RoutedTask) 
 async def store_tasks(
     store: ResourceStore, event: routing_pb2.ReferralRouted, child_id: str, now: datetime
 ) -> None:
-    """Write every task of the event and its search index entries; safe to repeat for a redelivery."""
+    """Write every task of the event and its search index entries, all at once; safe to repeat.
+
+    A Task that exists already was written by an earlier delivery of the same decision (its id comes
+    from the routing sequence): it is left as it is, whatever its owner did to it since. Index entries
+    are keys without a value, so writing one again changes nothing a reader sees.
+    """
+    gss = event.local_authority_gss or "UNKNOWN"
+    referral = f"ServiceRequest/{event.referral_id}"
+    writes: list[Awaitable[object]] = []
     for task in event.tasks:
-        existing = await store.read("Task", task.task_id)
-        if existing is None:
-            await store.put(task_resource(event, task, child_id, now), task_scope(event, task), now)
-        await store.add_index("Task", "based-on", f"ServiceRequest/{event.referral_id}", task.task_id)
-        await store.add_index("Task", "local-authority", event.local_authority_gss or "UNKNOWN", task.task_id)
+        writes.append(
+            _create_task(store, task_resource(event, task, child_id, now), task_scope(event, task), now)
+        )
+        writes.append(store.add_index("Task", "based-on", referral, task.task_id))
+        writes.append(store.add_index("Task", "local-authority", gss, task.task_id))
         if task.owner_organisation_id:
-            await store.add_index("Task", "owner", f"Organization/{task.owner_organisation_id}", task.task_id)
+            writes.append(
+                store.add_index("Task", "owner", f"Organization/{task.owner_organisation_id}", task.task_id)
+            )
+    await asyncio.gather(*writes)
+
+
+async def _create_task(
+    store: ResourceStore, resource: dict[str, Any], scope: RecordScope, now: datetime
+) -> None:
+    with contextlib.suppress(AlreadyExistsError):
+        await store.create(resource, scope, now)
+
+
+# Reasons the router itself closes a task, in the task-status-reason code system (the owners' reasons
+# for a decline are the gateway's; these are the system's).
+REASON_RESERVATION_EXPIRED = "reservation-expired"
+REASON_EXIT = "programme-exit"
+REASON_NO_LONGER_ELIGIBLE = "no-longer-eligible"
+REASON_ROUTE_CHANGED = "route-changed"
+
+_TASK_UPDATE_ATTEMPTS = 10
+
+
+async def tasks_of_referral(store: ResourceStore, referral_id: str) -> list[StoredResource]:
+    """Return every Task routed for a referral, oldest first."""
+    return await store.search("Task", "based-on", f"ServiceRequest/{referral_id}")
+
+
+def _reference_id(reference: dict[str, Any] | None, prefix: str) -> str:
+    return str((reference or {}).get("reference", "")).removeprefix(prefix)
+
+
+def existing_task(resource: dict[str, Any]) -> ExistingTask:
+    """Read a stored Task as the re-routing rules see it."""
+    codings = resource.get("code", {}).get("coding", [])
+    routes = resource.get("businessStatus", {}).get("coding", [])
+    return ExistingTask(
+        task_id=str(resource["id"]),
+        programme_id=str(next((c["code"] for c in codings if c.get("system") == CS_PROGRAMME), "")),
+        service_id=_reference_id(resource.get("focus"), "HealthcareService/"),
+        route=str(next((c["code"] for c in routes if c.get("system") == CS_TASK_ROUTE), "")),
+        status=str(resource.get("status", "")),
+    )
+
+
+def referral_of(resource: dict[str, Any]) -> str:
+    """Return the ServiceRequest id a stored Task is based on."""
+    based_on = resource.get("basedOn") or [{}]
+    return _reference_id(based_on[0], "ServiceRequest/")
+
+
+def _stamp(now: datetime) -> str:
+    return now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def close_task(
+    store: ResourceStore,
+    task_id: str,
+    status: str,
+    reason_code: str,
+    reason: str,
+    now: datetime,
+    *,
+    only_from: frozenset[str] = ACTIVE,
+) -> tuple[StoredResource, str] | None:
+    """Close a Task (``cancelled`` or ``completed``) with a coded reason; return it and its old status.
+
+    None when its status is not in ``only_from`` (by default: not live).
+
+    Compare-and-set on the version read: when the owner changed the task in between (for example
+    accepted it just as its reservation expired), the decision is taken again on what they wrote.
+    """
+    for _ in range(_TASK_UPDATE_ATTEMPTS):
+        stored = await store.read("Task", task_id)
+        if stored is None or stored.resource.get("status") not in only_from:
+            return None
+        resource = dict(stored.resource)
+        resource["status"] = status
+        resource["statusReason"] = {
+            "coding": [{"system": CS_TASK_STATUS_REASON, "code": reason_code}],
+            "text": reason,
+        }
+        resource["lastModified"] = _stamp(now)
+        try:
+            updated = await store.update(resource, stored.scope, now, stored.version)
+            return updated, str(stored.resource["status"])
+        except VersionConflictError:
+            continue
+    raise RuntimeError(f"Task {task_id} kept changing while it was being closed")
+
+
+async def flag_for_review(store: ResourceStore, task_id: str, reason: str, now: datetime) -> None:
+    """Mark a live Task for a person's review, with the reason as a note (idempotent)."""
+    for _ in range(_TASK_UPDATE_ATTEMPTS):
+        stored = await store.read("Task", task_id)
+        if stored is None:
+            return
+        resource = dict(stored.resource)
+        notes = list(resource.get("note", []))
+        if any(n.get("text") == reason for n in notes):
+            return
+        resource["note"] = [*notes, {"time": _stamp(now), "text": reason}]
+        resource["extension"] = [
+            e for e in resource.get("extension", []) if e.get("url") != EXT_MANUAL_REVIEW
+        ] + [{"url": EXT_MANUAL_REVIEW, "valueBoolean": True}]
+        resource["lastModified"] = _stamp(now)
+        try:
+            await store.update(resource, stored.scope, now, stored.version)
+        except VersionConflictError:
+            continue
+        return

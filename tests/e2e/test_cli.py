@@ -76,6 +76,7 @@ def test_up_prints_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
         for name in ("NATS JetStream", "gateway", "eligibility", "referral_router", "notifier"):
             assert name in banner
         assert f"http://127.0.0.1:{port}/fhir" in banner
+        assert "@127.0.0.1" not in banner, "the services' NATS credentials must not be printed"
         police = auth_headers(token(tmp_path, "demo-police", "referrer"))
         answer = httpx.post(
             f"http://127.0.0.1:{port}/fhir", headers=police, json=example("police-night-referral.json")

@@ -61,3 +61,10 @@ async def test_unsafe_ids_are_not_found(nats_client: NatsClient) -> None:
     store = await ResourceStore.open(nats_client.jetstream())
     assert await store.read("Task", "a.b") is None
     assert await store.read("Task", "*") is None
+
+
+async def test_non_ascii_ids_are_not_found(nats_client: NatsClient) -> None:
+    store = await ResourceStore.open(nats_client.jetstream())
+    assert await store.read("Task", "tâche") is None
+    with pytest.raises(ValueError, match="cannot be indexed"):
+        await store.search("Task", "owner", "Organization/écrou")

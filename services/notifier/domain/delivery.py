@@ -14,6 +14,8 @@ from typing import Protocol
 _STEP = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DEFAULT_SCHEDULE = "1s,5s,30s,2m,10m,1h,6h,1d,2d"
+# While a half-open breaker's probe is out, how soon waiting items look again.
+HALF_OPEN_RECHECK_SECONDS = 1.0
 
 
 class RandomSource(Protocol):
@@ -83,22 +85,42 @@ class BreakerState(StrEnum):
 class CircuitBreaker:
     """Stops calling an endpoint after `failure_threshold` failures in a row, for `reset_after` seconds.
 
-    After that one probe is let through (half-open): success closes the breaker, failure opens it again.
+    A timeout costs the caller the whole wait, so `timeout_threshold` timeouts in a row (fewer than
+    `failure_threshold`) open it too: a receiver that hangs is cut off after a couple of attempts,
+    one that answers an error quickly gets the longer run. After that one probe is let through
+    (half-open): success closes the breaker, failure opens it again.
     A probe that never reports back is replaced by another after `reset_after`, so a lost result
     cannot leave the endpoint refused for ever.
     """
 
     failure_threshold: int
     reset_after: float
+    timeout_threshold: int = 2
     state: BreakerState = BreakerState.CLOSED
     failures: int = 0
+    timeouts: int = 0
     opened_at: float = 0.0
     probe_started_at: float | None = field(default=None)
 
     def __post_init__(self) -> None:
         """Refuse settings that would never open or never close."""
-        if self.failure_threshold < 1 or self.reset_after <= 0:
-            raise ValueError("failure_threshold must be >= 1 and reset_after > 0")
+        if self.failure_threshold < 1 or self.timeout_threshold < 1 or self.reset_after <= 0:
+            raise ValueError("failure_threshold and timeout_threshold must be >= 1, reset_after > 0")
+
+    def closed_in(self, now: float) -> float:
+        """Return how many seconds until a call may be tried (0: now); changes nothing.
+
+        What the lanes ask before taking an item in: while this is above 0 the item is sent back to
+        wait in JetStream instead of queueing for an endpoint that is known to be down.
+        """
+        if self.state is BreakerState.CLOSED:
+            return 0.0
+        if self.state is BreakerState.OPEN:
+            return max(0.0, self.opened_at + self.reset_after - now)
+        if self.probe_started_at is None:
+            return 0.0
+        # A probe is out: look again soon, as its answer may close the breaker at any moment.
+        return min(HALF_OPEN_RECHECK_SECONDS, max(0.0, self.probe_started_at + self.reset_after - now))
 
     def allow(self, now: float) -> bool:
         """Return whether a call may be made now; in half-open, only one probe at a time."""
@@ -119,12 +141,18 @@ class CircuitBreaker:
         """Record a delivered call: the endpoint is healthy again."""
         self.state = BreakerState.CLOSED
         self.failures = 0
+        self.timeouts = 0
         self.probe_started_at = None
 
-    def record_failure(self, now: float) -> None:
-        """Record a failed call; open when the threshold is reached or a probe fails."""
+    def record_failure(self, now: float, *, timed_out: bool = False) -> None:
+        """Record a failed call; open when a threshold is reached or a probe fails."""
         self.failures += 1
-        if self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:
+        self.timeouts = self.timeouts + 1 if timed_out else 0
+        if (
+            self.state is BreakerState.HALF_OPEN
+            or self.failures >= self.failure_threshold
+            or self.timeouts >= self.timeout_threshold
+        ):
             self.state = BreakerState.OPEN
             self.opened_at = now
             self.probe_started_at = None
@@ -136,10 +164,18 @@ class EndpointBreakers:
 
     failure_threshold: int
     reset_after: float
+    timeout_threshold: int = 2
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
 
     def for_endpoint(self, endpoint: str) -> CircuitBreaker:
         """Return the endpoint's breaker."""
         if endpoint not in self.breakers:
-            self.breakers[endpoint] = CircuitBreaker(self.failure_threshold, self.reset_after)
+            self.breakers[endpoint] = CircuitBreaker(
+                self.failure_threshold, self.reset_after, self.timeout_threshold
+            )
         return self.breakers[endpoint]
+
+    def closed_in(self, endpoint: str, now: float) -> float:
+        """Return how many seconds until the endpoint may be called (0 for one never seen)."""
+        breaker = self.breakers.get(endpoint)
+        return 0.0 if breaker is None else breaker.closed_in(now)

@@ -54,6 +54,7 @@ class _CategoryResult:
     tasks: list[PlannedTask] = field(default_factory=list)
     alternatives: list[Alternative] = field(default_factory=list)
     unrouted: list[Unrouted] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
 
 
 def category_wanted(category: ServiceCategory, facts: RoutingFacts) -> bool:
@@ -242,6 +243,7 @@ def _route_category(category: ServiceCategory, assessment: Assessment, context: 
             )
         )
     if chosen is None:
+        result.waiting.extend(c.service.id for c in ranked)
         for programme_id in sorted({c.decision.programme_id for c in ranked}):
             result.unrouted.append(
                 Unrouted(programme_id, "no capacity: no covering service has a free place")
@@ -274,9 +276,12 @@ def plan_routing(
 ) -> RoutingPlan:
     """Plan the tasks, alternatives, unrouted programmes and fallback for one assessed referral.
 
-    `free_places` and `waiting` are the live counts per service id (a capacity-limited service absent
-    from `free_places` has all its places free). `categories`, `excluded_services` and `part_of` serve
-    re-routing: route only some categories, skip services that declined, link new tasks to old ones.
+    `free_places` are the live counts per service id (a capacity-limited service absent from it has
+    all its places free); `waiting` is, per service id, how many children are ahead of this one on the
+    service's waiting list (all of them when the child is not on it), so a full service lists the
+    child at position `waiting + 1`; the plan's `waiting_at` names the lists the child belongs on.
+    `categories`, `excluded_services` and `part_of` serve re-routing: route only some categories, skip
+    services that declined, link new tasks to old ones.
     """
     context = _Inputs(
         directory=directory,
@@ -287,7 +292,8 @@ def plan_routing(
         excluded=frozenset(excluded_services),
         part_of=dict(part_of or {}),
     )
-    results = [_route_category(c, assessment, context) for c in CATEGORY_ORDER if c in categories]
+    routed = tuple(c for c in CATEGORY_ORDER if c in categories)
+    results = [_route_category(c, assessment, context) for c in routed]
     tasks = tuple(t for r in results for t in r.tasks)
     handled = {s.programme_id for s in directory.services}
     unrouted = [u for r in results for u in r.unrouted]
@@ -304,6 +310,8 @@ def plan_routing(
         alternatives=tuple(a for r in results for a in r.alternatives),
         unrouted=tuple(sorted(unrouted, key=lambda u: (u.programme_id, u.reason))),
         fallback=decide_fallback(assessment.facts, tasks, directory, tuple(unrouted)),
+        categories=routed,
+        waiting_at=tuple(s for r in results for s in r.waiting),
     )
 
 

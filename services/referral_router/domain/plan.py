@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.referral_router.domain.directory import ServiceCategory
+
 
 @dataclass(frozen=True)
 class PlannedTask:
@@ -63,6 +65,10 @@ class RoutingPlan:
     alternatives: tuple[Alternative, ...]
     unrouted: tuple[Unrouted, ...]
     fallback: Fallback
+    # The categories this plan routed (a re-routing routes only some), and the services of those
+    # categories whose waiting list the child belongs on: asked for, and no fitting service has a place.
+    categories: tuple[ServiceCategory, ...] = ()
+    waiting_at: tuple[str, ...] = ()
 
     @property
     def places_to_reserve(self) -> tuple[str, ...]:

@@ -1,0 +1,294 @@
+"""Benchmark of referral intake: the full ``POST /fhir`` against a bare FastAPI endpoint, same run.
+
+Each server runs in its own process under uvicorn (one worker); the load comes from CLIENT_PROCESSES
+separate processes speaking raw HTTP/1.1 over keep-alive connections (a few microseconds of client
+CPU per request, so the load generator can outrun both servers and the ratio is the servers' own).
+1. At fixed arrival rates (open loop: a request starts on schedule whatever the answers), the p50
+   and p99 latency of the 201, for the gateway (token check, FHIR validation, KV writes, JetStream
+   publish, audit) and for a bare endpoint that only parses the JSON body. The ratio is the cost of
+   the gateway's work.
+2. Accepted referrals per second with 32 requests in flight (closed loop), and at each fixed rate.
+The bodies are police referrals of distinct children (dates of birth differ), as a real night is.
+The gateway writes to a real ``nats-server -js`` in a temporary folder; no other service runs.
+Run: ``python -m benchmarks.gateway``, or call ``main()`` (it returns the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from multiprocessing import Pool
+from multiprocessing.pool import Pool as ProcessPool
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+RATES = (100, 300)
+SECONDS_PER_RATE = 3.0
+THROUGHPUT_SECONDS = 4.0
+IN_FLIGHT = 32
+# Load generators: separate processes, so the client's own CPU is not what limits the comparison.
+CLIENT_PROCESSES = 2
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bare_app() -> FastAPI:
+    """Return a FastAPI app whose one endpoint parses the JSON body and answers 201."""
+    app = FastAPI()
+
+    @app.post("/fhir")
+    async def parse_only(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"resourceType": body.get("resourceType")}, status_code=201)
+
+    return app
+
+
+def _serve(kind: str, port: int, nats_url: str) -> None:
+    """Run one server in this process until killed (``kind`` is "gateway" or "bare")."""
+    if kind == "bare":
+        uvicorn.run(_bare_app(), host="127.0.0.1", port=port, log_level="warning")
+        return
+
+    from haven.kit import bus
+    from haven.kit.topology import ensure_topology
+    from services.gateway.testing import in_process_app
+
+    async def run() -> None:
+        nc = await bus.connect(nats_url, "bench-gateway")
+        await ensure_topology(nc.jetstream())
+        app = await in_process_app(nc)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+        )
+        await server.serve()
+
+    asyncio.run(run())
+
+
+def _start(kind: str, port: int, nats_url: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "benchmarks.gateway", "serve", kind, str(port), nats_url]
+    process = subprocess.Popen(command, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def referral_bodies(count: int) -> list[bytes]:
+    """Return ``count`` police referrals of distinct children (dates of birth spread over ten years).
+
+    Identical bodies would all be one child to the possible-duplicate matcher; real nights are not.
+    """
+    bundle = json.loads((ROOT / "examples" / "police-night-referral.json").read_text())
+    bodies = []
+    for index in range(count):
+        bundle["entry"][0]["resource"]["birthDate"] = (
+            date(2009, 1, 1) + timedelta(days=index % 3650)
+        ).isoformat()
+        bodies.append(json.dumps(bundle).encode())
+    return bodies
+
+
+class _Connection:
+    """One HTTP/1.1 keep-alive connection speaking just enough of the protocol for a POST and its answer.
+
+    httpx costs the client more CPU per request than the bare endpoint costs the server, which would
+    make the load generator, not the server, the bottleneck of the comparison.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> _Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post(self, head: bytes, body: bytes) -> int:
+        """Send one request; return the status of the answer, after reading all of it."""
+        self.writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _request_head(headers: dict[str, str]) -> bytes:
+    lines = ["POST /fhir HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\nContent-Length: ").encode()
+
+
+async def _open_loop_one(
+    port: int, head: bytes, bodies: list[bytes], rate: float, seconds: float
+) -> tuple[list[float], int, float]:
+    """Start requests on schedule (open loop) whatever the answers; a new connection when all are busy."""
+    latencies: list[float] = []
+    failures = 0
+    idle: list[_Connection] = []
+
+    async def one(body: bytes) -> None:
+        nonlocal failures
+        connection = idle.pop() if idle else await _Connection.open(port)
+        started = time.perf_counter()
+        try:
+            status = await connection.post(head, body)
+        except (OSError, asyncio.IncompleteReadError):
+            failures += 1
+            connection.close()
+            return
+        if status == 201:
+            latencies.append((time.perf_counter() - started) * 1000)
+        else:
+            failures += 1
+        idle.append(connection)
+
+    begin = time.perf_counter()
+    pending = []
+    for i in range(int(rate * seconds)):
+        delay = begin + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(one(bodies[i % len(bodies)])))
+    await asyncio.gather(*pending)
+    for connection in idle:
+        connection.close()
+    # Accepted per second over the time the answers really took: a server that falls behind the
+    # arrival rate finishes late, and its rate must show it.
+    return latencies, failures, time.perf_counter() - begin
+
+
+async def _closed_loop_one(
+    port: int, head: bytes, bodies: list[bytes], in_flight: int, seconds: float
+) -> int:
+    """Keep ``in_flight`` requests outstanding for ``seconds``; return how many were accepted (201)."""
+    accepted = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal accepted
+        connection = await _Connection.open(port)
+        index = offset
+        while time.perf_counter() < deadline:
+            try:
+                # Not `accepted += await ...`: that reads `accepted` before the await and loses counts.
+                status = await connection.post(head, bodies[index % len(bodies)])
+                accepted += status == 201
+            except (OSError, asyncio.IncompleteReadError):
+                connection.close()  # the server closed it (e.g. keep-alive limit): not an acceptance
+                connection = await _Connection.open(port)
+            index += in_flight
+        connection.close()
+
+    await asyncio.gather(*(worker(i) for i in range(in_flight)))
+    return accepted
+
+
+def _client_process(job: tuple[str, int, bytes, list[bytes], float, float]) -> tuple[list[float], int, float]:
+    """One load-generator process: ("open", port, head, bodies, rate, seconds) or ("closed", ..., n, s)."""
+    kind, port, head, bodies, a, seconds = job
+    if kind == "open":
+        return asyncio.run(_open_loop_one(port, head, bodies, a, seconds))
+    return [], asyncio.run(_closed_loop_one(port, head, bodies, int(a), seconds)), seconds
+
+
+def _open_loop(
+    pool: ProcessPool, port: int, head: bytes, bodies: list[bytes], rate: int, seconds: float
+) -> dict[str, float]:
+    """Spread the arrival rate over the client processes; merge their latencies."""
+    share = [bodies[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
+    jobs = [("open", port, head, share[i], rate / CLIENT_PROCESSES, seconds) for i in range(CLIENT_PROCESSES)]
+    latencies: list[float] = []
+    failures = 0
+    elapsed = seconds
+    for found, failed, took in pool.map(_client_process, jobs):
+        latencies += found
+        failures += failed
+        elapsed = max(elapsed, took)
+    return {
+        "p50_ms": _percentile(latencies, 0.5),
+        "p99_ms": _percentile(latencies, 0.99),
+        "accepted_per_s": len(latencies) / elapsed,
+        "failures": failures,
+    }
+
+
+def _closed_loop(pool: ProcessPool, port: int, head: bytes, bodies: list[bytes], seconds: float) -> float:
+    share = [bodies[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
+    per_process = IN_FLIGHT // CLIENT_PROCESSES
+    jobs = [("closed", port, head, share[i], float(per_process), seconds) for i in range(CLIENT_PROCESSES)]
+    return sum(accepted for _, accepted, _ in pool.map(_client_process, jobs)) / seconds
+
+
+def main() -> dict[str, float]:
+    """Run both servers, measure, print and return the figures."""
+    from haven.kit.nats_server import free_port, start_embedded_nats
+    from services.gateway.testing import bearer
+
+    bodies = referral_bodies(7300)
+    head = _request_head(bearer("demo-police", "referrer"))
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder, Pool(CLIENT_PROCESSES) as pool:
+        nats = start_embedded_nats(Path(folder), port=free_port())
+        servers = {kind: free_port() for kind in ("gateway", "bare")}
+        processes = [_start(kind, port, nats.url) for kind, port in servers.items()]
+        try:
+            for kind, port in servers.items():
+                _open_loop(pool, port, head, bodies, 50, 1.0)  # warm up
+                for rate in RATES:
+                    figures = _open_loop(pool, port, head, bodies, rate, SECONDS_PER_RATE)
+                    for name, value in figures.items():
+                        results[f"{kind}_{name}_at_{rate}_per_s"] = value
+                results[f"{kind}_accepted_per_s"] = _closed_loop(pool, port, head, bodies, THROUGHPUT_SECONDS)
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=10)
+            nats.stop()
+    for rate in RATES:
+        for q in ("p50", "p99"):
+            results[f"{q}_ratio_at_{rate}_per_s"] = (
+                results[f"gateway_{q}_ms_at_{rate}_per_s"] / results[f"bare_{q}_ms_at_{rate}_per_s"]
+            )
+    results["throughput_ratio"] = results["bare_accepted_per_s"] / results["gateway_accepted_per_s"]
+    for name, value in results.items():
+        print(f"{name:40s} {value:10.2f}")
+    print(
+        "target: p99 ratio <= 3, gateway_accepted_per_s >= 300 "
+        f"(load from {CLIENT_PROCESSES} client processes, raw HTTP/1.1 keep-alive; {os.cpu_count()} CPUs)"
+    )
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+        os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+        _serve(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main()

@@ -1,0 +1,170 @@
+"""Routing decisions per second with capacity reservation, and the cost of the last-bed race.
+
+Against a real nats-server started here, with router processes started as production starts them
+(``python -m services.referral_router``). Assessments are published in one burst to the stream the
+router consumes; the rate is referrals routed (each a plan, a compare-and-set reservation, the stored
+Tasks and the published ReferralRouted) divided by the time from the first publish to the last
+outcome received.
+
+- uncontended, 1 process: every referral takes a place at a service with plenty of places.
+- uncontended, 3 processes: the same, three routers sharing the durable consumer.
+- last bed, 3 processes: every referral is an emergency wanting the one free bed; one gets it, the
+  others lose the compare-and-set or find no place and get the fallback.
+
+The contention cost is the last-bed rate as a ratio to the uncontended rate with the same processes.
+
+- latency, 1 process: referrals published open-loop at 50/s (the pipeline benchmark's rate); the
+  router's share of the POST -> webhook path is the time from publishing an assessment to receiving
+  its ReferralRouted (p50/p99).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from haven.kit import bus, topology
+from haven.kit.nats_server import free_port, start_embedded_nats
+from haven.referral.v1 import referral_pb2
+from haven.routing.v1 import routing_pb2
+from services.referral_router.testing import assessed, publish_assessed, routed_log, start_router_process
+
+REFERRALS = 2000
+LATENCY_RATE_PER_SECOND = 50
+LATENCY_REFERRALS = 300
+TARGET_PER_PROCESS = 1000.0
+LONDON = "E09000001"
+HOME = "unseen-cssw-home"
+
+
+async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> float:
+    """Return referrals routed per second in one phase with its own nats-server."""
+    server = start_embedded_nats(workdir / name / "nats", port=free_port())
+    routers = []
+    try:
+        nc = await bus.connect(server.url, f"bench-{name}")
+        js = nc.jetstream()
+        await topology.ensure_topology(js)
+        capacity = await js.key_value(topology.BUCKET_CAPACITY)
+        # Seeded before the routers start, which keep a live count: plenty of places, or one bed.
+        await capacity.put("free.afruca-therapy", str(10 * REFERRALS).encode())
+        await capacity.put(f"free.{HOME}", b"1")
+        for index in range(processes):
+            log_file = workdir / name / f"router-{index}.log"
+            routers.append(
+                await asyncio.to_thread(start_router_process, server.url, workdir / name, log_file)
+            )
+        if contended:
+            events = [
+                assessed(
+                    "E08000003",
+                    ["unseen-specialist-accommodation"],
+                    asked=referral_pb2.SERVICE_ASKED_SPECIALIST_ACCOMMODATION,
+                    urgency=referral_pb2.URGENCY_EMERGENCY,
+                )
+                for _ in range(REFERRALS)
+            ]
+        else:
+            events = [
+                assessed(LONDON, ["afruca"], asked=referral_pb2.SERVICE_ASKED_THERAPEUTIC_SUPPORT)
+                for _ in range(REFERRALS)
+            ]
+        async with routed_log(nc) as log:
+            started = time.perf_counter()
+            for chunk in range(0, REFERRALS, 200):
+                await asyncio.gather(*(publish_assessed(nc, e) for e in events[chunk : chunk + 200]))
+            async with asyncio.timeout(300):
+                while len({e.referral_id for e in log.events}) < REFERRALS:
+                    await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+        await nc.drain()
+        return REFERRALS / elapsed
+    finally:
+        for process in routers:
+            process.terminate()
+        for process in routers:
+            process.wait(20)
+        server.stop()
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+async def _latency(workdir: Path) -> dict[str, float]:
+    """Publish assessments at a fixed rate to one router; return p50/p99 publish -> routed in ms."""
+    server = start_embedded_nats(workdir / "latency" / "nats", port=free_port())
+    router = None
+    try:
+        nc = await bus.connect(server.url, "bench-latency")
+        await topology.ensure_topology(nc.jetstream())
+        router = await asyncio.to_thread(
+            start_router_process, server.url, workdir / "latency", workdir / "latency" / "router.log"
+        )
+        sent: dict[str, float] = {}
+        arrived: dict[str, float] = {}
+
+        async def on_routed(msg: Any) -> None:
+            referral_id = routing_pb2.ReferralRouted.FromString(msg.data).referral_id
+            arrived.setdefault(referral_id, time.perf_counter())
+
+        subscription = await nc.subscribe(f"{topology.ROUTING_ROUTED_PREFIX}.>", cb=on_routed)
+        started = time.perf_counter()
+        for index in range(LATENCY_REFERRALS):
+            await asyncio.sleep(max(0.0, started + index / LATENCY_RATE_PER_SECOND - time.perf_counter()))
+            event = assessed(LONDON, ["afruca"], asked=referral_pb2.SERVICE_ASKED_THERAPEUTIC_SUPPORT)
+            sent[event.referral_id] = time.perf_counter()
+            await publish_assessed(nc, event)
+        async with asyncio.timeout(60):
+            while len(arrived) < LATENCY_REFERRALS:
+                await asyncio.sleep(0.05)
+        await subscription.unsubscribe()
+        await nc.drain()
+        latencies = [arrived[r] - sent[r] for r in sent]
+        return {
+            "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+        }
+    finally:
+        if router is not None:
+            router.terminate()
+            router.wait(20)
+        server.stop()
+
+
+async def _measure() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as workdir:
+        one = await _phase(Path(workdir), "uncontended-1", 1, contended=False)
+        three = await _phase(Path(workdir), "uncontended-3", 3, contended=False)
+        race = await _phase(Path(workdir), "last-bed-3", 3, contended=True)
+        latency = await _latency(Path(workdir))
+    return {
+        "referrals_per_phase": REFERRALS,
+        "routing_per_s_1_process": round(one, 1),
+        "routing_per_s_3_processes": round(three, 1),
+        "last_bed_routing_per_s_3_processes": round(race, 1),
+        "contention_ratio": round(race / three, 3),
+        "target_per_process": TARGET_PER_PROCESS,
+        "meets_target": one >= TARGET_PER_PROCESS,
+        "latency_at_50_per_s_p50_ms": latency["p50_ms"],
+        "latency_at_50_per_s_p99_ms": latency["p99_ms"],
+    }
+
+
+def main() -> dict[str, Any]:
+    """Run the router benchmark, print the figures and return them."""
+    figures = asyncio.run(_measure())
+    print("router benchmark (routing decisions with capacity reservation, real nats-server)")
+    for key, value in figures.items():
+        print(f"  {key:38} {value}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""New facts about a referred child: ``POST /fhir/Observation`` (an NRM decision, an age assessment, ...).
+
+The referrer or the responsible local authority posts one Observation with ``basedOn:
+ServiceRequest/<referral id>``. The handler translates; ``fhir.facts_from_observation`` decides
+whether the Observation is valid and what it changes. Then, in this order: the Observation is
+stored with the referral's scope, the referral's facts are replaced in KV by compare-and-set (so two
+Observations posted at once both count), ``ReferralFactsUpdated`` is published (the eligibility
+service re-assesses at once), and the creation is audited. Only then does the caller get 201.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from datetime import date
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from haven.eligibility.v1 import eligibility_pb2
+from haven.kit import bus, topology
+from haven.kit.ids import derived_id, new_id
+from haven.kit.logs import log_event
+from haven.kit.timestamps import to_timestamp
+from haven.organisations import Role
+from haven.referral.v1 import referral_pb2
+from services.gateway.audit_log import patient_of, record_audit
+from services.gateway.auth import CurrentPrincipal, State, require_role
+from services.gateway.body import read_json_body
+from services.gateway.errors import api_error, fhir_response
+from services.gateway.fhir import IssueType
+from services.gateway.fhir.observation import facts_from_observation, referral_id_from_observation
+from services.gateway.reads import read_visible
+from services.gateway.state import GatewayState
+
+router = APIRouter()
+_log = logging.getLogger(__name__)
+# Compare-and-set attempts when other facts about the same referral arrive at the same moment.
+_FACT_WRITE_ATTEMPTS = 5
+
+
+async def facts_bucket(js: JetStreamContext) -> KeyValue:
+    """Return the KV bucket holding each referral's latest ReferralFacts."""
+    return await js.key_value(topology.BUCKET_FACTS)
+
+
+async def remember_facts(js: JetStreamContext, referral_id: str, facts: referral_pb2.ReferralFacts) -> None:
+    """Keep a new referral's facts: the base that later Observations are applied to (called at intake)."""
+    await (await facts_bucket(js)).put(referral_id, facts.SerializeToString())
+
+
+async def current_facts(
+    state: GatewayState, referral_id: str
+) -> tuple[referral_pb2.ReferralFacts, int | None]:
+    """Return the referral's latest facts and their KV revision (None when not yet kept by the gateway)."""
+    try:
+        entry = await (await facts_bucket(state.js)).get(referral_id)
+        if entry.value:
+            return referral_pb2.ReferralFacts.FromString(entry.value), entry.revision
+    except KeyNotFoundError:
+        pass
+    # A referral taken in before the gateway kept facts: the eligibility service's latest copy.
+    try:
+        assessed = await state.assessments.get(referral_id)
+    except KeyNotFoundError:
+        raise api_error(
+            409,
+            IssueType.CONFLICT,
+            "the referral is still being taken in; retry shortly",
+            "Observation.basedOn",
+        ) from None
+    return eligibility_pb2.EligibilityAssessed.FromString(assessed.value or b"").facts, None
+
+
+@router.post("/fhir/Observation", summary="Post a new fact about a referred child")
+async def post_observation(request: Request, principal: CurrentPrincipal, state: State) -> JSONResponse:
+    """Record one Observation about a referral the caller may see; 201 once it is stored and announced."""
+    require_role(principal, Role.REFERRER, Role.LA_PLATFORM)
+    body = await read_json_body(request, state.settings.max_body_bytes)
+    referral_id = referral_id_from_observation(body)
+    referral = await read_visible(state, principal, "ServiceRequest", referral_id)
+    now = state.clock()
+    facts, revision = await current_facts(state, referral_id)
+    updated, changed = facts_from_observation(body, facts, today=now.date())
+
+    resource = _observation_resource(body, new_id(), facts.child_id)
+    stored = await state.store.create(resource, referral.scope, now)
+    await state.store.add_index(
+        "Observation", "based-on", f"ServiceRequest/{referral_id}", stored.resource["id"]
+    )
+    updated, changed = await _save_facts(state, referral_id, body, updated, changed, revision, now.date())
+
+    # Published even when nothing changed: a client retrying after a failure here must still get the
+    # facts re-assessed, and the eligibility service announces only decisions that changed.
+    event = referral_pb2.ReferralFactsUpdated(
+        event_id=derived_id("referral-facts-updated", stored.resource["id"]),
+        occurred_at=to_timestamp(now),
+        referral_id=referral_id,
+        facts=updated,
+        changed_facts=changed,
+    )
+    await bus.publish_event(state.js, topology.REFERRAL_FACTS_UPDATED, event, msg_id=event.event_id)
+    await record_audit(
+        state, principal, "C", [stored.reference], request, purpose="COC", patient=patient_of(stored.resource)
+    )
+    log_event(
+        _log,
+        "facts recorded",
+        referral_id=referral_id,
+        observation_id=stored.resource["id"],
+        changed_facts=changed,
+        organisation=principal.organisation_id,
+    )
+    return fhir_response(
+        stored.resource, 201, {"Location": stored.reference, "ETag": f'W/"{stored.version}"'}
+    )
+
+
+def _observation_resource(body: dict[str, Any], observation_id: str, child_id: str) -> dict[str, Any]:
+    resource = copy.deepcopy(body)
+    resource["id"] = observation_id
+    resource.pop("meta", None)
+    # Name the child, so the record and its audit trail say whom the fact is about.
+    resource.setdefault("subject", {"reference": f"Patient/{child_id}"})
+    return resource
+
+
+async def _save_facts(
+    state: GatewayState,
+    referral_id: str,
+    body: dict[str, Any],
+    updated: referral_pb2.ReferralFacts,
+    changed: list[str],
+    revision: int | None,
+    today: date,
+) -> tuple[referral_pb2.ReferralFacts, list[str]]:
+    """Write the facts by compare-and-set, re-applying the Observation to newer facts after a conflict."""
+    bucket = await facts_bucket(state.js)
+    for _ in range(_FACT_WRITE_ATTEMPTS):
+        try:
+            if revision is None:
+                await bucket.create(referral_id, updated.SerializeToString())
+            else:
+                await bucket.update(referral_id, updated.SerializeToString(), last=revision)
+            return updated, changed
+        except KeyWrongLastSequenceError:
+            facts, revision = await current_facts(state, referral_id)
+            updated, changed = facts_from_observation(body, facts, today=today)
+    raise api_error(
+        409, IssueType.CONFLICT, "the referral's facts kept changing while recording this one; retry"
+    )

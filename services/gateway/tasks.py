@@ -1,0 +1,135 @@
+"""Task workflow for providers and LA platforms: ``PUT /fhir/Task/<id>`` with ``If-Match``.
+
+The handler translates; `fhir.task_workflow` decides. The write is a compare-and-set on the version
+the caller read (412 when it moved on, 428 when the caller did not say), and only after JetStream
+has stored it is ``TaskStatusChanged`` published, with an id derived from the task and its new
+version so a retried publish is dropped as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from haven.kit import bus, topology
+from haven.kit.ids import derived_id
+from haven.kit.logs import log_event
+from haven.kit.resources import StoredResource, VersionConflictError
+from haven.kit.timestamps import to_timestamp
+from haven.task.v1 import task_pb2
+from services.gateway.audit_log import patient_of, record_audit
+from services.gateway.auth import CurrentPrincipal, State
+from services.gateway.body import read_json_body
+from services.gateway.errors import ApiError, api_error, fhir_response
+from services.gateway.fhir import IssueType
+from services.gateway.fhir.task_workflow import TaskChange, TransitionError, decide_update
+from services.gateway.reads import read_visible
+from services.gateway.security.access import can_update_task
+
+router = APIRouter()
+_log = logging.getLogger(__name__)
+_IF_MATCH = re.compile(r'^(W/)?"(?P<version>\d+)"$')
+_PUBLISH_ATTEMPTS = 3
+
+
+def expected_version(request: Request) -> int:
+    """Return the version named by ``If-Match: W/"<n>"``; 428 when missing, 400 when malformed."""
+    header = request.headers.get("if-match", "").strip()
+    if not header:
+        raise api_error(
+            428,
+            IssueType.REQUIRED,
+            'an update needs If-Match: W/"<versionId>" with the version you read (the ETag of the read)',
+            expression="If-Match",
+        )
+    match = _IF_MATCH.match(header)
+    if match is None:
+        raise api_error(400, IssueType.VALUE, 'If-Match must look like W/"3"', expression="If-Match")
+    return int(match["version"])
+
+
+@router.put("/fhir/Task/{resource_id}", summary="Update a Task's status (owner only, If-Match required)")
+async def update_task(
+    resource_id: str, request: Request, principal: CurrentPrincipal, state: State
+) -> JSONResponse:
+    """Accept, reject, start, complete or cancel a Task the caller's organisation owns."""
+    stored = await read_visible(state, principal, "Task", resource_id)
+    if not can_update_task(principal, stored.scope):
+        raise api_error(403, IssueType.FORBIDDEN, "only the organisation that owns a Task may update it")
+    version = expected_version(request)
+    body = await read_json_body(request, state.settings.max_body_bytes)
+    if version != stored.version:
+        raise _stale(resource_id, stored.version)
+    try:
+        change = decide_update(stored.resource, body, resource_id=resource_id)
+    except TransitionError as refused:
+        raise ApiError(409, [refused.issue]) from None
+    now = state.clock()
+    change.resource["lastModified"] = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        updated = await state.store.update(change.resource, stored.scope, now, expected_version=version)
+    except VersionConflictError:
+        raise _stale(resource_id, None) from None
+    await _publish(state, principal.organisation_id, stored, updated, change)
+    await record_audit(
+        state,
+        principal,
+        "U",
+        [updated.reference],
+        request,
+        purpose="COC",
+        patient=patient_of(updated.resource),
+    )
+    log_event(
+        _log, "task updated", task_id=resource_id, status=change.status, previous=change.previous_status
+    )
+    return fhir_response(updated.resource, headers={"ETag": f'W/"{updated.version}"'})
+
+
+def _stale(resource_id: str, current: int | None) -> ApiError:
+    now = f" (it is now at version {current})" if current is not None else ""
+    return api_error(
+        412,
+        IssueType.CONFLICT,
+        f"Task/{resource_id} changed since the version in If-Match{now}; read it again and retry",
+        expression="If-Match",
+    )
+
+
+async def _publish(
+    state: State, by: str, before: StoredResource, after: StoredResource, change: TaskChange
+) -> None:
+    task = after.resource
+    codings = task.get("code", {}).get("coding", [])
+    event = task_pb2.TaskStatusChanged(
+        event_id=derived_id("task-status-changed", task["id"], str(after.version)),
+        occurred_at=to_timestamp(state.clock()),
+        referral_id=_id_of(task.get("basedOn", [{}])[0].get("reference", "")),
+        task_id=task["id"],
+        programme_id=str(codings[0].get("code", "")) if codings else "",
+        service_id=_id_of(task.get("focus", {}).get("reference", "")),
+        owner_organisation_id=_id_of(task.get("owner", {}).get("reference", "")),
+        local_authority_gss=before.scope.local_authority_gss,
+        previous_status=change.previous_status,
+        status=change.status,
+        status_reason_code=change.reason_code,
+        changed_by_organisation_id=by,
+    )
+    # The Task is already stored: retry a failed publish rather than leave the router unaware.
+    # Nats-Msg-Id makes a publish that did land but whose ack was lost harmless to repeat.
+    for attempt in range(_PUBLISH_ATTEMPTS):
+        try:
+            await bus.publish_event(state.js, topology.TASK_STATUS_CHANGED, event, msg_id=event.event_id)
+            return
+        except Exception:
+            if attempt == _PUBLISH_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+def _id_of(reference: str) -> str:
+    return reference.rsplit("/", 1)[-1] if "/" in reference else ""

@@ -1,0 +1,196 @@
+"""The notifier's durable state in JetStream KV: delivery records, ordering holds and numbered events.
+
+- ``haven_deliveries``, key ``<notification id>.<subscription id>``: one record per notification and
+  subscription (state, attempts, last answer, times); what operators and `$dead-letters` read. An
+  index key ``referral.<referral id>.<notification id>.<subscription id>`` lists a referral's records.
+- ``haven_deliveries``, key ``order.<subscription id>.<referral id>``: the hold that keeps a
+  recipient's notifications about one referral in order while an earlier one waits for a retry.
+- ``haven_deliveries``, key ``missing.<referral id>``: the open missing episode (id, missing_since),
+  written by ``services.notifier.missing``.
+- ``haven_subscription_events``, keys ``<subscription id>.counter`` and ``<subscription id>.<n>``:
+  the backport's `events-since-subscription-start` counter and each numbered event, for `$events`.
+
+Records hold ids, states, codes and times; the payload (a child's facts) is kept only in the event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from haven.kit import topology
+from haven.kit.kv_keys import list_keys
+from services.notifier.domain.backport import SubscriptionEvent
+
+# Delivery states. "dead" and "delivered" are final until an operator redrives a dead one.
+DELIVERED = "delivered"
+RETRYING = "retrying"
+DEAD = "dead"
+REDRIVEN = "redriven"
+FINAL_STATES = frozenset({DELIVERED, DEAD})
+
+
+def record_key(notification_id: str, subscription_id: str) -> str:
+    """Return the delivery record's key."""
+    return f"{notification_id}.{subscription_id}"
+
+
+class DeliveryLedger:
+    """Reads and writes the notifier's KV state. Open one per process with ``DeliveryLedger.open``."""
+
+    def __init__(self, nc: NatsClient, deliveries: KeyValue, events: KeyValue) -> None:
+        self._nc = nc
+        self._deliveries = deliveries
+        self._events = events
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> DeliveryLedger:
+        """Bind to the buckets (created by ``ensure_topology``)."""
+        return cls(
+            js._nc,  # nats-py gives a JetStream context no public accessor for its connection
+            await js.key_value(topology.BUCKET_DELIVERIES),
+            await js.key_value(topology.BUCKET_SUBSCRIPTION_EVENTS),
+        )
+
+    # Delivery records.
+
+    async def record(self, key: str) -> dict[str, Any]:
+        """Return the delivery record, or an empty dict when there is none yet."""
+        return await _get_json(self._deliveries, key) or {}
+
+    async def put_record(self, key: str, record: dict[str, Any], *, index: bool = False) -> None:
+        """Write the delivery record (and, with ``index``, its referral index entry, in parallel)."""
+        referral_id = str(record.get("referral_id", ""))
+        if index and referral_id:
+            await asyncio.gather(
+                self._deliveries.put(key, _dump(record)),
+                self._deliveries.put(f"referral.{referral_id}.{key}", b""),
+            )
+        else:
+            await self._deliveries.put(key, _dump(record))
+
+    async def records_for_referral(self, referral_id: str) -> list[dict[str, Any]]:
+        """Return every delivery record about one referral."""
+        keys = await list_keys(self._nc, topology.BUCKET_DELIVERIES, f"referral.{referral_id}.*.*")
+        found = [await self.record(k.split(".", 2)[2]) for k in keys]
+        return [r for r in found if r]
+
+    # Ordering holds.
+
+    async def hold(self, subscription_id: str, referral_id: str) -> dict[str, Any] | None:
+        """Return the hold on a (subscription, referral) lane: the waiting message's sequence and until."""
+        return await _get_json(self._deliveries, _hold_key(subscription_id, referral_id))
+
+    async def set_hold(self, subscription_id: str, referral_id: str, sequence: int, until: datetime) -> None:
+        """Hold later notifications of this lane back until the message at ``sequence`` is done."""
+        current = await self.hold(subscription_id, referral_id) or {}
+        waiting = set(current.get("waiting", []))
+        if current and int(current["sequence"]) < sequence:
+            return  # an earlier message already holds the lane
+        if current and int(current["sequence"]) > sequence:
+            waiting.add(int(current["sequence"]))
+        waiting.discard(sequence)
+        await self._put_hold(subscription_id, referral_id, sequence, until.timestamp(), waiting)
+
+    async def wait_behind(self, subscription_id: str, referral_id: str, sequence: int) -> None:
+        """Note that the message at ``sequence`` waits behind the hold, so it goes next in its turn."""
+        current = await self.hold(subscription_id, referral_id)
+        if current is None or sequence in current.get("waiting", []):
+            return
+        waiting = {*current.get("waiting", []), sequence}
+        await self._put_hold(
+            subscription_id, referral_id, int(current["sequence"]), float(current["until"]), waiting
+        )
+
+    async def release(self, subscription_id: str, referral_id: str, sequence: int, now: datetime) -> None:
+        """Pass the hold on when the message at ``sequence`` holds it (it is delivered or dead).
+
+        The earliest waiting message becomes the holder, so those behind it keep waiting in order.
+        """
+        current = await self.hold(subscription_id, referral_id)
+        if current is None or int(current["sequence"]) != sequence:
+            return
+        waiting = set(current.get("waiting", [])) - {sequence}
+        if not waiting:
+            await self._deliveries.delete(_hold_key(subscription_id, referral_id))
+            return
+        head = min(waiting)
+        await self._put_hold(subscription_id, referral_id, head, now.timestamp(), waiting - {head})
+
+    async def _put_hold(
+        self, subscription_id: str, referral_id: str, sequence: int, until: float, waiting: set[int]
+    ) -> None:
+        await self._deliveries.put(
+            _hold_key(subscription_id, referral_id),
+            _dump({"sequence": sequence, "until": until, "waiting": sorted(waiting)}),
+        )
+
+    # Numbered events per subscription (backport).
+
+    async def number_event(self, subscription_id: str, event: SubscriptionEvent) -> int:
+        """Give the event the subscription's next number (compare-and-set on the counter) and keep it."""
+        key = f"{subscription_id}.counter"
+        while True:
+            try:
+                entry = await self._events.get(key)
+            except KeyNotFoundError:
+                try:
+                    await self._events.create(key, b"1")
+                except KeyWrongLastSequenceError:
+                    continue
+                number = 1
+                break
+            number = int(entry.value or b"0") + 1
+            try:
+                await self._events.update(key, str(number).encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # another process numbered an event at the same time: read again
+            break
+        numbered = SubscriptionEvent(
+            event_number=number,
+            notification_id=event.notification_id,
+            event_type=event.event_type,
+            referral_id=event.referral_id,
+            occurred_at=event.occurred_at,
+            payload_json=event.payload_json,
+        )
+        await self._events.put(f"{subscription_id}.{number}", _dump(numbered.to_json()))
+        return number
+
+    async def events_count(self, subscription_id: str) -> int:
+        """Return `events-since-subscription-start`."""
+        try:
+            entry = await self._events.get(f"{subscription_id}.counter")
+        except KeyNotFoundError:
+            return 0
+        return int(entry.value or b"0")
+
+    async def event(self, subscription_id: str, number: int) -> SubscriptionEvent | None:
+        """Return numbered event ``number`` of a subscription, or None."""
+        data = await _get_json(self._events, f"{subscription_id}.{number}")
+        return SubscriptionEvent.from_json(data) if data else None
+
+
+def _hold_key(subscription_id: str, referral_id: str) -> str:
+    return f"order.{subscription_id}.{referral_id or 'none'}"
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+async def _get_json(bucket: KeyValue, key: str) -> dict[str, Any] | None:
+    try:
+        entry = await bucket.get(key)
+    except KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    return dict(json.loads(entry.value))
