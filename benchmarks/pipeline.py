@@ -171,6 +171,7 @@ async def _raw_hops(url: str, rate: int, seconds: int, hops: int) -> tuple[list[
                 else:
                     arrived[msg.data.decode()] = time.perf_counter()
                 await msg.ack()
+        await sub.unsubscribe()
 
     relays = [asyncio.create_task(relay(i)) for i in range(hops)]
     begin = time.perf_counter() + 0.2

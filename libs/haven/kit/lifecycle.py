@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -110,4 +111,18 @@ def start(name: str, settings: ServiceSettings, main: ServiceMain) -> None:
     """Entry point of a service process: logging, tracing, then ``run_service`` until stopped."""
     configure_logging(name, settings.log_level)
     telemetry.configure_tracing(name)
+    tune_garbage_collector()
     asyncio.run(run_service(name, settings, main))
+
+
+def tune_garbage_collector() -> None:
+    """Keep collector pauses off the request path.
+
+    Everything loaded at start (rule data, directories, generated modules) is moved out of the
+    collector's sight, and young-generation collections run less often: each event allocates a few
+    hundred short-lived objects, and with the default threshold a collection lands inside most
+    requests and shows up in the tail latency.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
