@@ -20,13 +20,12 @@ import json
 from datetime import datetime
 from typing import Any
 
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.kit import topology
-from haven.kit.kv_keys import list_keys
+from haven.kit.kv_keys import list_bucket_keys
 from services.notifier.domain.backport import SubscriptionEvent
 
 # Delivery states. "dead" and "delivered" are final until an operator redrives a dead one.
@@ -45,8 +44,7 @@ def record_key(notification_id: str, subscription_id: str) -> str:
 class DeliveryLedger:
     """Reads and writes the notifier's KV state. Open one per process with ``DeliveryLedger.open``."""
 
-    def __init__(self, nc: NatsClient, deliveries: KeyValue, events: KeyValue) -> None:
-        self._nc = nc
+    def __init__(self, deliveries: KeyValue, events: KeyValue) -> None:
         self._deliveries = deliveries
         self._events = events
 
@@ -54,7 +52,6 @@ class DeliveryLedger:
     async def open(cls, js: JetStreamContext) -> DeliveryLedger:
         """Bind to the buckets (created by ``ensure_topology``)."""
         return cls(
-            js._nc,  # nats-py gives a JetStream context no public accessor for its connection
             await js.key_value(topology.BUCKET_DELIVERIES),
             await js.key_value(topology.BUCKET_SUBSCRIPTION_EVENTS),
         )
@@ -78,7 +75,7 @@ class DeliveryLedger:
 
     async def records_for_referral(self, referral_id: str) -> list[dict[str, Any]]:
         """Return every delivery record about one referral."""
-        keys = await list_keys(self._nc, topology.BUCKET_DELIVERIES, f"referral.{referral_id}.*.*")
+        keys = await list_bucket_keys(self._deliveries, f"referral.{referral_id}.*.*")
         found = [await self.record(k.split(".", 2)[2]) for k in keys]
         return [r for r in found if r]
 

@@ -18,6 +18,8 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from haven.kit.kv_keys import list_bucket_keys
+
 _log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,15 @@ class SubscriptionCache:
     async def start(self) -> None:
         """Load every record and keep following changes in the background."""
         if self._task is None:
+            # The watch's own "initial values done" marker can come before the values on a loaded
+            # machine (see haven.kit.kv_keys), so the initial load is read key by key first; the watch
+            # then replays them (harmless: applying a record is idempotent) and follows changes.
+            for key in await list_bucket_keys(self._bucket):
+                try:
+                    entry = await self._bucket.get(key)
+                except KeyNotFoundError:
+                    continue
+                self._apply(key, entry.value, entry.operation)
             self._task = asyncio.create_task(self._follow())
         await self._ready.wait()
 

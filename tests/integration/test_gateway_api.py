@@ -17,6 +17,7 @@ from haven.kit.resources import ResourceStore
 from services.gateway.testing import bearer, in_process_app
 from tests.integration.test_gateway_tasks import routed_task
 from tests.support.client import example
+from tests.support.clock import MovableClock
 
 NOW = datetime(2026, 11, 23, 21, 30, tzinfo=UTC)
 POLICE = bearer("demo-police", "referrer", NOW)
@@ -24,20 +25,13 @@ OPERATOR = bearer("demo-operator", "operator", NOW)
 ICTG = bearer("ictg-provider", "provider", NOW)
 
 
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
+Clock = MovableClock
 
 
 @pytest.fixture
 def clock() -> Clock:
     """The gateway's clock."""
-    return Clock()
+    return MovableClock(NOW)
 
 
 @pytest.fixture

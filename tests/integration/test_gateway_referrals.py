@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from services.gateway.fhir.duplicates import EXT_FLAGGED_REFERRAL, EXT_POSSIBLE_DUPLICATE_OF
 from services.gateway.testing import bearer, in_process_app
 from tests.support.client import example
+from tests.support.clock import MovableClock
 
 NOW = datetime(2026, 11, 23, 2, 40, tzinfo=UTC)
 # Each test posts its own child (a_child): the session nats-server keeps every earlier referral.
@@ -30,20 +31,13 @@ OPERATOR = bearer("demo-operator", "operator", NOW)
 ICTG = bearer("ictg-provider", "provider", NOW)
 
 
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
+Clock = MovableClock
 
 
 @pytest.fixture
 def clock() -> Clock:
     """The gateway's clock."""
-    return Clock()
+    return MovableClock(NOW)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import uuid
 
 from nats.aio.client import Client as NatsClient
 
-from haven.kit.kv_keys import list_keys
+from haven.kit.kv_keys import list_bucket_keys, list_keys
 from haven.kit.topology import BUCKET_INDEX
 
 
@@ -18,6 +18,7 @@ async def test_lists_every_matching_key_and_only_those(nats_client: NatsClient) 
         await kv.put(key, b"")
     await kv.put(f"Test.other.{uuid.uuid4().hex}.1", b"")
     assert set(await list_keys(nats_client, BUCKET_INDEX, f"{prefix}.*")) == wanted
+    assert set(await list_bucket_keys(kv, f"{prefix}.*")) == wanted
     assert await list_keys(nats_client, BUCKET_INDEX, f"Test.keys.{uuid.uuid4().hex}.*") == []
 
 

@@ -22,10 +22,10 @@ class KeyListingError(RuntimeError):
     """The server refused the listing."""
 
 
-def bucket_name(bucket: KeyValue) -> str:
-    """Return the name of a bound bucket."""
-    # nats-py keeps the bucket name only in a private attribute.
-    return str(bucket._name)
+async def list_bucket_keys(bucket: KeyValue, pattern: str = ">") -> list[str]:
+    """Return the keys of a bound bucket matching ``pattern``, as ``list_keys`` does."""
+    # nats-py keeps a bucket's name and connection only in private attributes: read them here, once.
+    return await list_keys(bucket._js._nc, str(bucket._name), pattern)
 
 
 async def list_keys(nc: NatsClient, bucket: str, pattern: str = ">") -> list[str]:

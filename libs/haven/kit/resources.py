@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from haven.kit.kv_keys import bucket_name, list_keys
+from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.topology import BUCKET_INDEX, BUCKET_RESOURCES
 
 
@@ -93,16 +92,14 @@ def _decode(value: bytes, revision: int) -> StoredResource:
 class ResourceStore:
     """Reads and writes FHIR resources in KV. Open one per process with ``ResourceStore.open``."""
 
-    def __init__(self, nc: NatsClient, resources: KeyValue, index: KeyValue) -> None:
-        self._nc = nc
+    def __init__(self, resources: KeyValue, index: KeyValue) -> None:
         self._resources = resources
         self._index = index
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> ResourceStore:
         """Bind to the buckets (created by ``ensure_topology``)."""
-        # nats-py gives a JetStream context no public accessor for its connection.
-        return cls(js._nc, await js.key_value(BUCKET_RESOURCES), await js.key_value(BUCKET_INDEX))
+        return cls(await js.key_value(BUCKET_RESOURCES), await js.key_value(BUCKET_INDEX))
 
     async def create(self, resource: dict[str, Any], scope: RecordScope, now: datetime) -> StoredResource:
         """Store a new resource; raise AlreadyExistsError when its id is taken."""
@@ -163,8 +160,9 @@ class ResourceStore:
     async def _index_ids(self, pattern: str) -> list[str]:
         return [key.rsplit(".", 1)[1] for key in await self._keys(self._index, pattern)]
 
-    async def _keys(self, bucket: KeyValue, pattern: str) -> list[str]:
-        return await list_keys(self._nc, bucket_name(bucket), pattern)
+    @staticmethod
+    async def _keys(bucket: KeyValue, pattern: str) -> list[str]:
+        return await list_bucket_keys(bucket, pattern)
 
 
 def _is_safe_token(value: str) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any, Final
 
+from haven.canonical import CANONICAL_BASE, CS_PROGRAMME, ONS_GSS
 from services.referral_router.domain.directory import (
     ContactPoint,
     CoveragePeriod,
@@ -25,8 +26,7 @@ from services.referral_router.domain.directory import (
     make_directory,
 )
 
-BASE: Final = "https://haven.example.org/fhir"
-CS_PROGRAMME: Final = f"{BASE}/CodeSystem/programme"
+BASE: Final = CANONICAL_BASE
 CS_SERVICE_CATEGORY: Final = f"{BASE}/CodeSystem/service-category"
 CS_PLACE_UNIT: Final = f"{BASE}/CodeSystem/place-unit"
 EXT_COVERAGE_PERIOD: Final = f"{BASE}/StructureDefinition/coverage-period"
@@ -34,7 +34,6 @@ EXT_PLACES: Final = f"{BASE}/StructureDefinition/service-places"
 EXT_ROUTE: Final = f"{BASE}/StructureDefinition/service-route"
 EXT_SPECIFICITY: Final = f"{BASE}/StructureDefinition/service-specificity"
 EXT_ADDRESS_CONFIDENTIAL: Final = f"{BASE}/StructureDefinition/address-confidential"
-ONS_GSS: Final = "http://statistics.data.gov.uk/id/statistical-geography"
 ALL_DAYS: Final = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
