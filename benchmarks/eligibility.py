@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, timedelta
 
+from haven.kit.lifecycle import tune_garbage_collector
 from services.eligibility.domain import (
     Answer,
     ChildFacts,
@@ -86,6 +87,9 @@ def main(open_cases: int = 1_000_000, children_count: int = 20_000) -> dict[str,
     """
     rulebook = load_rulebook()
     children = synthetic_children(children_count)
+    # Measure the engine as the eligibility process runs it: with the collector settings every Haven
+    # service starts with (the collector stays on; start-up objects are frozen, young collections rarer).
+    tune_garbage_collector()
     for child in children[:200]:  # warm caches (ODA list, reference data) outside the timing
         assess(child, ON, rulebook)
 
@@ -93,7 +97,7 @@ def main(open_cases: int = 1_000_000, children_count: int = 20_000) -> dict[str,
     baseline = _timed(lambda: [(c, ON, rulebook) for c in children])
     rate = len(children) / work
     programmes = len(rulebook.in_force(ON))
-    print(f"evaluations/s (one child x {programmes} programmes, explained): {rate:,.0f}")
+    print(f"evaluations/s (one child x {programmes} programmes, explained; service GC settings): {rate:,.0f}")
     print(f"  {len(children):,} children; target 50,000/s: {'met' if rate >= 50_000 else 'NOT met'}")
     print(f"  baseline loop: {len(children) / baseline:,.0f}/s; engine takes {work / baseline:,.0f}x as long")
 
