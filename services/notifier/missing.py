@@ -37,13 +37,13 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from haven.canonical import CS_PROGRAMME
 from haven.kit import bus, topology
 from haven.kit.clock import Clock, system_clock
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
 from haven.kit.resources import ResourceStore
 from haven.referral.v1 import referral_pb2
+from services.notifier.changes import open_tasks
 from services.notifier.domain import SourceEvent, TaskRef, scheduled_events
 from services.notifier.domain.policy import Anchor
 from services.notifier.domain.recipients import referral_facts
@@ -56,7 +56,6 @@ REVIEW_EVENT = "review-due"
 SCHEDULE_STREAM = "HAVEN_NOTIFIER_SCHEDULES"
 SCHEDULE_PREFIX = "haven.notification.v1.schedule"  # + ".<referral id>.<schedule id>"
 REVIEW_DUE = "haven.notification.v1.review-due"  # ScheduledReview JSON, fired by the server
-_CLOSED_TASK_STATES = frozenset({"completed", "cancelled", "rejected", "failed", "entered-in-error"})
 
 FACTS_CONSUMER = bus.ConsumerSpec(
     stream="HAVEN_REFERRALS", durable="notifier-missing", subjects=(topology.REFERRAL_FACTS_UPDATED,)
@@ -224,22 +223,7 @@ class MissingEpisodes:
 
     async def _tasks(self, referral_id: str) -> tuple[TaskRef, ...]:
         """Return the referral's open tasks (their owners may be told; the ICTG holding one is)."""
-        found = []
-        for stored in await self._store.search("Task", "based-on", f"ServiceRequest/{referral_id}"):
-            task = stored.resource
-            if task.get("status") in _CLOSED_TASK_STATES:
-                continue
-            codings = task.get("code", {}).get("coding", [])
-            owner = str(task.get("owner", {}).get("reference", "")).removeprefix("Organization/")
-            found.append(
-                TaskRef(
-                    task_id=str(task["id"]),
-                    programme_id=next((c["code"] for c in codings if c.get("system") == CS_PROGRAMME), ""),
-                    service_id="",
-                    owner_organisation_id=owner,
-                )
-            )
-        return tuple(sorted(found, key=lambda t: t.task_id))
+        return await open_tasks(self._store, referral_id)
 
     # ---- schedules ---------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ finds each recipient's channels and publishes the work items that the delivery l
   and an address for the recipient are configured; otherwise the organisation's rest-hook
   Subscriptions, as for any other recipient.
 
-Routing events arrive here (durable ``notifier-planner``); missing episodes and scheduled reviews
-call ``plan`` from ``services.notifier.missing``. Ids derive from the source event, so a redelivered
+Routing events arrive here (durable ``notifier-planner``): `referral-routed`, plus `no-capacity` and
+`emergency-without-bed` when ``event_types_for_routed`` says so. Missing episodes and scheduled reviews
+call ``plan`` from ``services.notifier.missing``; declined tasks and changed eligibility from
+``services.notifier.changes``. Ids derive from the source event, so a redelivered
 event publishes nothing new (JetStream drops the repeated ``Nats-Msg-Id``).
 """
 
@@ -27,7 +29,12 @@ from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
 from haven.notification.v1 import notification_pb2
 from haven.routing.v1 import routing_pb2
-from services.notifier.domain import PlannedNotification, RecipientDirectory, notifications_for
+from services.notifier.domain import (
+    PlannedNotification,
+    RecipientDirectory,
+    event_types_for_routed,
+    notifications_for,
+)
 from services.notifier.domain.planning import AnyEvent, UnresolvedRecipientError
 from services.notifier.domain.policy import Channel
 from services.notifier.mailer import Mailer, email_key
@@ -58,10 +65,7 @@ class NotificationPlanner:
     async def handle(self, msg: Msg) -> None:
         """Handle one ReferralRouted message."""
         routed = routing_pb2.ReferralRouted.FromString(msg.data)
-        event_types = ["referral-routed"]
-        if routed.fallback.escalate_to_edt:
-            event_types.append("emergency-without-bed")
-        for event_type in event_types:
+        for event_type in event_types_for_routed(routed):
             await self.plan(event_type, routed)
 
     async def plan(self, event_type: str, event: AnyEvent) -> list[notification_pb2.NotificationRequested]:

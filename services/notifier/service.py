@@ -1,4 +1,4 @@
-"""The notifier process: plans notifications from routing events and missing episodes, and delivers them."""
+"""The notifier process: plans notifications from routing, task, eligibility and missing events; delivers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from haven.kit import bus, topology
 from haven.kit.clock import Clock, system_clock
 from haven.kit.health import start_grpc_server
 from haven.kit.lifecycle import ServiceContext, start
+from haven.kit.resources import ResourceStore
+from services.notifier.changes import ELIGIBILITY_CONSUMER, TASKS_CONSUMER, ChangeNotices
 from services.notifier.deliverer import Deliverer, delivery_consumer
 from services.notifier.domain import RecipientDirectory
 from services.notifier.domain.delivery import EndpointBreakers, RetrySchedule
@@ -68,6 +70,7 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
     await subscriptions.start()
     planner = NotificationPlanner(ctx.js, subscriptions, directory_from(settings), mailer)
     missing = await MissingEpisodes.open(ctx.js, planner, clock)
+    changes = ChangeNotices(planner, await ResourceStore.open(ctx.js))
     limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=webhook_timeout(settings), limits=limits) as http:
         ledger = await DeliveryLedger.open(ctx.js)
@@ -111,6 +114,8 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
                 bus.consume(ctx.js, PLANNER_CONSUMER, planner.handle, ctx.stop),
                 bus.consume(ctx.js, FACTS_CONSUMER, missing.handle_facts, ctx.stop),
                 bus.consume(ctx.js, REVIEWS_CONSUMER, missing.handle_review, ctx.stop),
+                bus.consume(ctx.js, TASKS_CONSUMER, changes.handle_task_status, ctx.stop),
+                bus.consume(ctx.js, ELIGIBILITY_CONSUMER, changes.handle_assessed, ctx.stop),
                 lanes.run(ctx.js, ctx.stop),
                 heartbeats.run(ctx.stop),
             )

@@ -46,10 +46,12 @@ from services.notifier.domain.recipients import (
     TaskRef,
     event_types_for_assessed,
     event_types_for_routed,
+    lacks_capacity,
     recipients_for_routed,
     source_event_from_assessed,
     source_event_from_received,
     source_event_from_routed,
+    source_event_from_task_rejected,
 )
 from services.notifier.domain.signing import (
     EVENT_TYPE_HEADER,
@@ -95,6 +97,7 @@ __all__ = [
     "delivery_headers",
     "event_types_for_assessed",
     "event_types_for_routed",
+    "lacks_capacity",
     "load_fields",
     "load_policies",
     "notification_id",
@@ -110,6 +113,7 @@ __all__ = [
     "source_event_from_assessed",
     "source_event_from_received",
     "source_event_from_routed",
+    "source_event_from_task_rejected",
     "to_source_event",
     "verify",
 ]

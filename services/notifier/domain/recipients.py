@@ -19,6 +19,7 @@ from haven.eligibility.v1 import eligibility_pb2
 from haven.organisations import Organisation, load_organisations
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
+from haven.task.v1 import task_pb2
 from services.notifier.domain.policy import RecipientRole
 
 ICTG_PROGRAMME = "ictg"
@@ -274,12 +275,25 @@ def source_event_from_routed(event: routing_pb2.ReferralRouted) -> SourceEvent:
     )
 
 
+NO_CAPACITY_REASON = "no capacity"  # how the router's Unrouted.reason begins when no place was free
+
+
+def lacks_capacity(event: routing_pb2.ReferralRouted) -> bool:
+    """Return whether a programme waits for a place: a waiting position, or unrouted for no capacity."""
+    return bool(waiting_list(event)) or any(
+        u.reason.lower().startswith(NO_CAPACITY_REASON) for u in event.unrouted
+    )
+
+
 def event_types_for_routed(event: routing_pb2.ReferralRouted) -> list[str]:
-    """Return the notification event types one ReferralRouted raises, in the order to plan them."""
+    """Return the notification event types one ReferralRouted raises, in the order to plan them.
+
+    `task-rejected` is not among them: it comes from the TaskStatusChanged that caused the re-route
+    (``source_event_from_task_rejected``), the only event with the decline's reason; the re-route's
+    outcome reaches the same recipients as `referral-routed`.
+    """
     types = ["referral-routed"]
-    if event.trigger == routing_pb2.ROUTING_TRIGGER_TASK_REJECTED:
-        types.append("task-rejected")
-    if waiting_list(event):
+    if lacks_capacity(event):
         types.append("no-capacity")
     if event.fallback.escalate_to_edt:
         types.append("emergency-without-bed")
@@ -348,5 +362,34 @@ def source_event_from_assessed(
 
 def event_types_for_assessed(event: eligibility_pb2.EligibilityAssessed) -> list[str]:
     """Return ["eligibility-changed"] when a later assessment changed a decision, else []."""
-    changed = bool(event.changed_programmes) and event.trigger != eligibility_pb2.TRIGGER_REFERRAL_RECEIVED
-    return ["eligibility-changed"] if changed else []
+    later = event.trigger in (eligibility_pb2.TRIGGER_FACTS_UPDATED, eligibility_pb2.TRIGGER_SCHEDULED)
+    return ["eligibility-changed"] if later and event.changed_programmes else []
+
+
+def source_event_from_task_rejected(
+    event: task_pb2.TaskStatusChanged, referrer_organisation_id: str = ""
+) -> SourceEvent:
+    """Convert a TaskStatusChanged to "rejected" into the SourceEvent of `task-rejected`.
+
+    The declining provider is not told (it made the change); the LA and the referrer learn which task
+    and programme were declined and the coded reason. The referrer is not in the event: the caller
+    reads it from the referral.
+    """
+    facts = _without_empty(
+        {
+            "referral_id": event.referral_id,
+            "local_authority_gss": event.local_authority_gss,
+            "rejected_task_ids": [event.task_id],
+            "rejected_programme_ids": _unique([event.programme_id]),
+            "rejection_reason_code": event.status_reason_code,
+        }
+    )
+    facts["escalate_to_edt"] = False  # the re-route decides an escalation and raises it itself
+    return SourceEvent(
+        event_id=event.event_id,
+        occurred_at=_when(event.occurred_at),
+        referral_id=event.referral_id,
+        local_authority_gss=event.local_authority_gss,
+        referrer_organisation_id=referrer_organisation_id,
+        facts=facts,
+    )

@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from haven.eligibility.v1 import eligibility_pb2
 from haven.notification.v1 import notification_pb2
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
+from haven.task.v1 import task_pb2
 from services.notifier.domain import (
     Anchor,
     Channel,
@@ -20,11 +22,13 @@ from services.notifier.domain import (
     UnknownEventTypeError,
     UnresolvedRecipientError,
     Urgency,
+    event_types_for_assessed,
     event_types_for_routed,
     notification_id,
     notifications_for,
     recipients_for_routed,
     scheduled_events,
+    source_event_from_task_rejected,
 )
 from services.notifier.domain.planning import NOTIFICATION_NAMESPACE
 from services.notifier.tests.conftest import OCCURRED, routed
@@ -137,9 +141,66 @@ def test_event_types_for_a_rejection_with_no_free_place() -> None:
         trigger=routing_pb2.ROUTING_TRIGGER_TASK_REJECTED,
         waiting=(("cssw", "unseen", 2), ("cssw-2", "unseen", 1)),
     )
-    assert event_types_for_routed(event) == ["referral-routed", "task-rejected", "no-capacity"]
+    # task-rejected comes from the TaskStatusChanged (it alone has the reason), not from the re-route.
+    assert event_types_for_routed(event) == ["referral-routed", "no-capacity"]
     la = notifications_for("no-capacity", event)[0]
     assert la.payload["waiting_list"] == {"unseen": 1} and la.payload["outcome"] == "waiting"
+
+
+def test_no_capacity_also_when_a_programme_is_unrouted_for_lack_of_a_place() -> None:
+    event = routed(tasks=())
+    event.unrouted.add(programme_id="unseen", reason="no capacity: no covering service has a free place")
+    assert event_types_for_routed(event) == ["referral-routed", "no-capacity"]
+    other = routed(tasks=())
+    other.unrouted.add(programme_id="unseen", reason="no service for this programme in the directory")
+    assert event_types_for_routed(other) == ["referral-routed"]
+
+
+def test_task_rejected_from_the_status_change_tells_la_and_referrer_not_the_provider() -> None:
+    changed = task_pb2.TaskStatusChanged(
+        event_id="tsc-1",
+        referral_id="ref-1",
+        task_id="task-9",
+        programme_id="ictg",
+        service_id="svc-1",
+        owner_organisation_id="ictg-provider",
+        local_authority_gss="E08000003",
+        previous_status="requested",
+        status="rejected",
+        status_reason_code="no-capacity",
+    )
+    changed.occurred_at.FromDatetime(OCCURRED)
+    source = source_event_from_task_rejected(changed, referrer_organisation_id="referrer-org")
+    planned = {n.recipient_organisation_id: n for n in notifications_for("task-rejected", source)}
+    assert "ictg-provider" not in planned and "referrer-org" in planned
+    la = next(n for org, n in planned.items() if org != "referrer-org")
+    assert la.payload["rejected_task_ids"] == ["task-9"]
+    assert la.payload["rejection_reason_code"] == "no-capacity"
+    assert planned["referrer-org"].payload == {
+        "referral_id": "ref-1",
+        "rejected_programme_ids": ["ictg"],
+        "rejection_reason_code": "no-capacity",
+    }
+    assert len(planned) == 2  # no EDT: the re-route raises emergency-without-bed if it must
+
+
+@pytest.mark.parametrize(
+    ("trigger", "changed", "expected"),
+    [
+        (eligibility_pb2.TRIGGER_FACTS_UPDATED, ["ictg"], ["eligibility-changed"]),
+        (eligibility_pb2.TRIGGER_SCHEDULED, ["ictg"], ["eligibility-changed"]),
+        (eligibility_pb2.TRIGGER_REFERRAL_RECEIVED, ["ictg"], []),
+        (eligibility_pb2.TRIGGER_UNSPECIFIED, ["ictg"], []),
+        (eligibility_pb2.TRIGGER_SCHEDULED, [], []),
+    ],
+)
+def test_eligibility_changed_only_for_a_later_assessment_that_changed_a_decision(
+    trigger: eligibility_pb2.Trigger.ValueType, changed: list[str], expected: list[str]
+) -> None:
+    event = eligibility_pb2.EligibilityAssessed(
+        event_id="a-1", referral_id="ref-1", trigger=trigger, changed_programmes=changed
+    )
+    assert event_types_for_assessed(event) == expected
 
 
 def _missing(status: str, nrm: str = "rg-positive") -> SourceEvent:
