@@ -1,15 +1,14 @@
 """Checks on ONS GSS codes of the local authorities responsible for children's services.
 
-`is_known_local_authority` reads the packaged copy of /work/shared/reference/la/local_authorities.csv.
-It is the one place to switch to the shared `haven.reference` loader once that exists.
+`is_known_local_authority` asks the shared reference data (`haven.reference`, the ONS codes shipped
+with the project), so the gateway, the rules and the router agree on which authorities exist.
 """
 
 from __future__ import annotations
 
-import csv
 import re
-from functools import cache
-from importlib import resources
+
+from haven.reference import local_authority
 
 # Upper-tier (E06 unitary, E08 metropolitan district, E09 London borough, E10 county, W06 Welsh
 # principal council) and E07 (shire district), which is well formed but has no children's services.
@@ -22,16 +21,10 @@ def is_well_formed_gss_code(code: str) -> bool:
     return GSS_CODE_PATTERN.fullmatch(code) is not None
 
 
-@cache
-def _known_codes() -> frozenset[str]:
-    text = resources.files(__package__).joinpath("data/local_authorities.csv").read_text(encoding="utf-8")
-    return frozenset(row["gss_code"] for row in csv.DictReader(text.splitlines()))
-
-
 def is_known_local_authority(code: str) -> bool:
     """Whether `code` names a local authority with children's services in England or Wales.
 
     Authorities abolished since 2019 are still known (a referral may name the old code); whether
     one was in force on a given date is for the shared reference loader to answer.
     """
-    return code in _known_codes()
+    return local_authority(code) is not None
