@@ -90,6 +90,7 @@ def delivery_consumer(
         max_deliver=-1,
         ack_wait_seconds=ack_wait_seconds,
         max_ack_pending=max_ack_pending,
+        log_retries=False,  # every failed attempt is already recorded as NotificationDelivered
     )
 
 

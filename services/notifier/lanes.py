@@ -29,15 +29,12 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
-from haven.kit import bus, telemetry
+from haven.kit import bus
 from haven.kit.logs import log_event
 from haven.notification.v1 import notification_pb2
 
 _log = logging.getLogger(__name__)
-_tracer = telemetry.tracer(__name__)
 
 # Seconds a message refused by a full lane waits in JetStream before it is offered again.
 OVERFLOW_DELAY_SECONDS = 1.0
@@ -158,7 +155,7 @@ class LaneRunner:
                 if delay > 0:
                     await self._refuse(lane, msg, delay)
                 else:
-                    await handle_one(msg, self._handler, self._spec)
+                    await bus.handle_message(msg, self._handler, self._spec)
             except Exception:
                 _log.exception("lane failed to settle a message")
             finally:
@@ -190,37 +187,3 @@ class LaneRunner:
                 lane.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await lane.task
-
-
-async def handle_one(msg: Msg, handler: bus.Handler, spec: bus.ConsumerSpec) -> None:
-    """Run the handler on one message in its trace and settle the message by the handler's outcome.
-
-    The same outcomes as ``bus.consume``: return acks, RetryLater naks with its delay, Unprocessable
-    terms, anything else naks with a short delay.
-    """
-    parent = telemetry.extract_context(msg.headers)
-    with _tracer.start_as_current_span(
-        f"process {msg.subject}", context=parent, kind=SpanKind.CONSUMER
-    ) as span:
-        span.set_attribute("messaging.system", "nats")
-        span.set_attribute("messaging.destination.name", msg.subject)
-        span.set_attribute("messaging.consumer.group.name", spec.durable)
-        span.set_attribute("messaging.message.delivery_count", msg.metadata.num_delivered)
-        try:
-            await handler(msg)
-        except bus.RetryLater as retry:
-            span.set_attribute("haven.outcome", "retry")
-            await msg.nak(delay=retry.delay)
-            return
-        except bus.Unprocessable as bad:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "unprocessable"))
-            log_event(_log, "terminated unprocessable message", logging.ERROR, reason=str(bad))
-            await msg.term()
-            return
-        except Exception as error:
-            span.record_exception(error)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
-            _log.exception("handler failed; will retry", extra={"subject": msg.subject})
-            await msg.nak(delay=min(60.0, 0.5 * 2 ** max(0, msg.metadata.num_delivered - 1)))
-            return
-        await msg.ack()

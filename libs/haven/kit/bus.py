@@ -96,9 +96,10 @@ class ConsumerSpec:
     stream: str
     durable: str
     subjects: tuple[str, ...]
-    max_deliver: int = 20
+    max_deliver: int = 20  # below 1: redeliver for ever (the handler decides when to give up)
     ack_wait_seconds: float = 30.0
     max_ack_pending: int = 1000
+    log_retries: bool = True  # False where retrying is routine (delivery to a partner that is down)
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
@@ -120,7 +121,8 @@ def _retry_delay(deliveries: int) -> float:
     return float(min(60.0, 0.5 * 2 ** max(0, deliveries - 1)))
 
 
-async def _handle_one(msg: Msg, handler: Handler, spec: ConsumerSpec) -> None:
+async def handle_message(msg: Msg, handler: Handler, spec: ConsumerSpec) -> None:
+    """Run the handler on one message inside its trace and settle the message by the outcome."""
     parent = telemetry.extract_context(msg.headers)
     deliveries = msg.metadata.num_delivered
     with _tracer.start_as_current_span(
@@ -134,7 +136,8 @@ async def _handle_one(msg: Msg, handler: Handler, spec: ConsumerSpec) -> None:
             await handler(msg)
         except RetryLater as retry:
             span.set_attribute("haven.outcome", "retry")
-            log_event(_log, "retrying message", logging.WARNING, subject=msg.subject, reason=str(retry))
+            if spec.log_retries:
+                log_event(_log, "retrying message", logging.WARNING, subject=msg.subject, reason=str(retry))
             await msg.nak(delay=retry.delay)
             return
         except Unprocessable as bad:
@@ -152,7 +155,7 @@ async def _handle_one(msg: Msg, handler: Handler, spec: ConsumerSpec) -> None:
         except Exception as error:
             span.record_exception(error)
             span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
-            if deliveries >= spec.max_deliver:
+            if 0 < spec.max_deliver <= deliveries:
                 log_event(
                     _log,
                     "giving up on message",
@@ -187,6 +190,6 @@ async def consume(
             except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
                 continue
             for msg in messages:
-                await _handle_one(msg, handler, spec)
+                await handle_message(msg, handler, spec)
     finally:
         await subscription.unsubscribe()
