@@ -17,6 +17,7 @@ REFERRAL_RECEIVED = "haven.referral.v1.received"  # ReferralReceived
 REFERRAL_FACTS_UPDATED = "haven.referral.v1.facts-updated"  # ReferralFactsUpdated
 ELIGIBILITY_ASSESSED = "haven.eligibility.v1.assessed"  # EligibilityAssessed
 REASSESSMENT_DUE = "haven.eligibility.v1.reassessment-due"  # ReassessmentDue (scheduled)
+ELIGIBILITY_EXIT_APPROACHING = "haven.eligibility.v1.exit-approaching"  # ExitApproaching
 TASK_STATUS_CHANGED = "haven.task.v1.status-changed"  # TaskStatusChanged
 ROUTING_ROUTED_PREFIX = "haven.routing.v1.routed"  # ReferralRouted, + ".<GSS code>"
 NOTIFICATION_REQUESTED = "haven.notification.v1.requested"  # NotificationRequested
@@ -51,7 +52,7 @@ class StreamSpec:
 
 STREAMS = (
     StreamSpec("HAVEN_REFERRALS", (REFERRAL_RECEIVED, REFERRAL_FACTS_UPDATED)),
-    StreamSpec("HAVEN_ELIGIBILITY", (ELIGIBILITY_ASSESSED,)),
+    StreamSpec("HAVEN_ELIGIBILITY", (ELIGIBILITY_ASSESSED, ELIGIBILITY_EXIT_APPROACHING)),
     StreamSpec("HAVEN_TASKS", (TASK_STATUS_CHANGED,)),
     StreamSpec("HAVEN_ROUTING", (f"{ROUTING_ROUTED_PREFIX}.*",)),
     StreamSpec("HAVEN_NOTIFICATIONS", (NOTIFICATION_REQUESTED,)),

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from haven.referral.v1 import referral_pb2 as haven_dot_referral_dot_v1_dot_referral__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&haven/eligibility/v1/eligibility.proto\x12\x14haven.eligibility.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a haven/referral/v1/referral.proto\"\x93\x02\n\x0eRuleEvaluation\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x30\n\x06result\x18\x03 \x01(\x0e\x32 .haven.eligibility.v1.RuleResult\x12@\n\x06inputs\x18\x04 \x03(\x0b\x32\x30.haven.eligibility.v1.RuleEvaluation.InputsEntry\x12\x10\n\x08\x63itation\x18\x05 \x01(\t\x12\x15\n\rmissing_facts\x18\x06 \x03(\t\x12\x11\n\texit_rule\x18\x07 \x01(\x08\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe4\x02\n\x11ProgrammeDecision\x12\x14\n\x0cprogramme_id\x18\x01 \x01(\t\x12\x18\n\x10rule_set_version\x18\x02 \x01(\t\x12.\n\x07outcome\x18\x03 \x01(\x0e\x32\x1d.haven.eligibility.v1.Outcome\x12\x33\n\x05rules\x18\x04 \x03(\x0b\x32$.haven.eligibility.v1.RuleEvaluation\x12\x15\n\rmissing_facts\x18\x05 \x03(\t\x12\x38\n\x0c\x63ontinuation\x18\x06 \x01(\x0e\x32\".haven.eligibility.v1.Continuation\x12\x13\n\x0b\x65xit_reason\x18\x07 \x01(\t\x12\x18\n\x10next_change_date\x18\x08 \x01(\t\x12\r\n\x05route\x18\t \x01(\t\x12\x14\n\x0cneeds_review\x18\n \x01(\x08\x12\x15\n\rreview_reason\x18\x0b \x01(\t\"g\n\x08\x41geBasis\x12\x15\n\rdate_of_birth\x18\x01 \x01(\t\x12\x32\n\x05\x62\x61sis\x18\x02 \x01(\x0e\x32#.haven.referral.v1.DateOfBirthBasis\x12\x10\n\x08\x64isputed\x18\x03 \x01(\x08\"\x88\x03\n\x13\x45ligibilityAssessed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breferral_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61ssessed_on\x18\x04 \x01(\t\x12/\n\x05\x66\x61\x63ts\x18\x05 \x01(\x0b\x32 .haven.referral.v1.ReferralFacts\x12:\n\tdecisions\x18\x06 \x03(\x0b\x32\'.haven.eligibility.v1.ProgrammeDecision\x12\x18\n\x10next_change_date\x18\x07 \x01(\t\x12.\n\x07trigger\x18\x08 \x01(\x0e\x32\x1d.haven.eligibility.v1.Trigger\x12\x1a\n\x12\x63hanged_programmes\x18\t \x03(\t\x12\x31\n\tage_basis\x18\n \x01(\x0b\x32\x1e.haven.eligibility.v1.AgeBasis\"\x9f\x01\n\x0fReassessmentDue\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breferral_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64ue_on\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cprogramme_id\x18\x06 \x01(\t\"S\n\x0f\x45valuateRequest\x12/\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32 .haven.referral.v1.ReferralFacts\x12\x0f\n\x07on_date\x18\x02 \x01(\t\"\xb0\x01\n\x10\x45valuateResponse\x12:\n\tdecisions\x18\x01 \x03(\x0b\x32\'.haven.eligibility.v1.ProgrammeDecision\x12\x18\n\x10next_change_date\x18\x02 \x01(\t\x12\x31\n\tage_basis\x18\x03 \x01(\x0b\x32\x1e.haven.eligibility.v1.AgeBasis\x12\x13\n\x0b\x61ssessed_on\x18\x04 \x01(\t*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ELIGIBLE\x10\x01\x12\x16\n\x12OUTCOME_INELIGIBLE\x10\x02\x12\x13\n\x0fOUTCOME_UNKNOWN\x10\x03*^\n\x0c\x43ontinuation\x12\x1c\n\x18\x43ONTINUATION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONTINUATION_CONTINUE\x10\x01\x12\x15\n\x11\x43ONTINUATION_EXIT\x10\x02*n\n\nRuleResult\x12\x1b\n\x17RULE_RESULT_UNSPECIFIED\x10\x00\x12\x14\n\x10RULE_RESULT_PASS\x10\x01\x12\x14\n\x10RULE_RESULT_FAIL\x10\x02\x12\x17\n\x13RULE_RESULT_UNKNOWN\x10\x03*s\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRIGGER_REFERRAL_RECEIVED\x10\x01\x12\x19\n\x15TRIGGER_FACTS_UPDATED\x10\x02\x12\x15\n\x11TRIGGER_SCHEDULED\x10\x03\x32o\n\x12\x45ligibilityService\x12Y\n\x08\x45valuate\x12%.haven.eligibility.v1.EvaluateRequest\x1a&.haven.eligibility.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&haven/eligibility/v1/eligibility.proto\x12\x14haven.eligibility.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a haven/referral/v1/referral.proto\"\x93\x02\n\x0eRuleEvaluation\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x30\n\x06result\x18\x03 \x01(\x0e\x32 .haven.eligibility.v1.RuleResult\x12@\n\x06inputs\x18\x04 \x03(\x0b\x32\x30.haven.eligibility.v1.RuleEvaluation.InputsEntry\x12\x10\n\x08\x63itation\x18\x05 \x01(\t\x12\x15\n\rmissing_facts\x18\x06 \x03(\t\x12\x11\n\texit_rule\x18\x07 \x01(\x08\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe4\x02\n\x11ProgrammeDecision\x12\x14\n\x0cprogramme_id\x18\x01 \x01(\t\x12\x18\n\x10rule_set_version\x18\x02 \x01(\t\x12.\n\x07outcome\x18\x03 \x01(\x0e\x32\x1d.haven.eligibility.v1.Outcome\x12\x33\n\x05rules\x18\x04 \x03(\x0b\x32$.haven.eligibility.v1.RuleEvaluation\x12\x15\n\rmissing_facts\x18\x05 \x03(\t\x12\x38\n\x0c\x63ontinuation\x18\x06 \x01(\x0e\x32\".haven.eligibility.v1.Continuation\x12\x13\n\x0b\x65xit_reason\x18\x07 \x01(\t\x12\x18\n\x10next_change_date\x18\x08 \x01(\t\x12\r\n\x05route\x18\t \x01(\t\x12\x14\n\x0cneeds_review\x18\n \x01(\x08\x12\x15\n\rreview_reason\x18\x0b \x01(\t\"g\n\x08\x41geBasis\x12\x15\n\rdate_of_birth\x18\x01 \x01(\t\x12\x32\n\x05\x62\x61sis\x18\x02 \x01(\x0e\x32#.haven.referral.v1.DateOfBirthBasis\x12\x10\n\x08\x64isputed\x18\x03 \x01(\x08\"\x88\x03\n\x13\x45ligibilityAssessed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breferral_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61ssessed_on\x18\x04 \x01(\t\x12/\n\x05\x66\x61\x63ts\x18\x05 \x01(\x0b\x32 .haven.referral.v1.ReferralFacts\x12:\n\tdecisions\x18\x06 \x03(\x0b\x32\'.haven.eligibility.v1.ProgrammeDecision\x12\x18\n\x10next_change_date\x18\x07 \x01(\t\x12.\n\x07trigger\x18\x08 \x01(\x0e\x32\x1d.haven.eligibility.v1.Trigger\x12\x1a\n\x12\x63hanged_programmes\x18\t \x03(\t\x12\x31\n\tage_basis\x18\n \x01(\x0b\x32\x1e.haven.eligibility.v1.AgeBasis\"\x85\x02\n\x0f\x45xitApproaching\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breferral_id\x18\x03 \x01(\t\x12\x14\n\x0cprogramme_id\x18\x04 \x01(\t\x12\x11\n\texit_date\x18\x05 \x01(\t\x12\x18\n\x10\x64\x61ys_before_exit\x18\x06 \x01(\x05\x12\x11\n\texit_kind\x18\x07 \x01(\t\x12\x13\n\x0b\x65xit_reason\x18\x08 \x01(\t\x12/\n\x05\x66\x61\x63ts\x18\t \x01(\x0b\x32 .haven.referral.v1.ReferralFacts\"\x9f\x01\n\x0fReassessmentDue\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breferral_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64ue_on\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cprogramme_id\x18\x06 \x01(\t\"S\n\x0f\x45valuateRequest\x12/\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32 .haven.referral.v1.ReferralFacts\x12\x0f\n\x07on_date\x18\x02 \x01(\t\"\xb0\x01\n\x10\x45valuateResponse\x12:\n\tdecisions\x18\x01 \x03(\x0b\x32\'.haven.eligibility.v1.ProgrammeDecision\x12\x18\n\x10next_change_date\x18\x02 \x01(\t\x12\x31\n\tage_basis\x18\x03 \x01(\x0b\x32\x1e.haven.eligibility.v1.AgeBasis\x12\x13\n\x0b\x61ssessed_on\x18\x04 \x01(\t*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ELIGIBLE\x10\x01\x12\x16\n\x12OUTCOME_INELIGIBLE\x10\x02\x12\x13\n\x0fOUTCOME_UNKNOWN\x10\x03*^\n\x0c\x43ontinuation\x12\x1c\n\x18\x43ONTINUATION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONTINUATION_CONTINUE\x10\x01\x12\x15\n\x11\x43ONTINUATION_EXIT\x10\x02*n\n\nRuleResult\x12\x1b\n\x17RULE_RESULT_UNSPECIFIED\x10\x00\x12\x14\n\x10RULE_RESULT_PASS\x10\x01\x12\x14\n\x10RULE_RESULT_FAIL\x10\x02\x12\x17\n\x13RULE_RESULT_UNKNOWN\x10\x03*s\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRIGGER_REFERRAL_RECEIVED\x10\x01\x12\x19\n\x15TRIGGER_FACTS_UPDATED\x10\x02\x12\x15\n\x11TRIGGER_SCHEDULED\x10\x03\x32o\n\x12\x45ligibilityService\x12Y\n\x08\x45valuate\x12%.haven.eligibility.v1.EvaluateRequest\x1a&.haven.eligibility.v1.EvaluateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RULEEVALUATION_INPUTSENTRY']._loaded_options = None
   _globals['_RULEEVALUATION_INPUTSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=1694
-  _globals['_OUTCOME']._serialized_end=1795
-  _globals['_CONTINUATION']._serialized_start=1797
-  _globals['_CONTINUATION']._serialized_end=1891
-  _globals['_RULERESULT']._serialized_start=1893
-  _globals['_RULERESULT']._serialized_end=2003
-  _globals['_TRIGGER']._serialized_start=2005
-  _globals['_TRIGGER']._serialized_end=2120
+  _globals['_OUTCOME']._serialized_start=1958
+  _globals['_OUTCOME']._serialized_end=2059
+  _globals['_CONTINUATION']._serialized_start=2061
+  _globals['_CONTINUATION']._serialized_end=2155
+  _globals['_RULERESULT']._serialized_start=2157
+  _globals['_RULERESULT']._serialized_end=2267
+  _globals['_TRIGGER']._serialized_start=2269
+  _globals['_TRIGGER']._serialized_end=2384
   _globals['_RULEEVALUATION']._serialized_start=132
   _globals['_RULEEVALUATION']._serialized_end=407
   _globals['_RULEEVALUATION_INPUTSENTRY']._serialized_start=362
@@ -53,12 +53,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGEBASIS']._serialized_end=871
   _globals['_ELIGIBILITYASSESSED']._serialized_start=874
   _globals['_ELIGIBILITYASSESSED']._serialized_end=1266
-  _globals['_REASSESSMENTDUE']._serialized_start=1269
-  _globals['_REASSESSMENTDUE']._serialized_end=1428
-  _globals['_EVALUATEREQUEST']._serialized_start=1430
-  _globals['_EVALUATEREQUEST']._serialized_end=1513
-  _globals['_EVALUATERESPONSE']._serialized_start=1516
-  _globals['_EVALUATERESPONSE']._serialized_end=1692
-  _globals['_ELIGIBILITYSERVICE']._serialized_start=2122
-  _globals['_ELIGIBILITYSERVICE']._serialized_end=2233
+  _globals['_EXITAPPROACHING']._serialized_start=1269
+  _globals['_EXITAPPROACHING']._serialized_end=1530
+  _globals['_REASSESSMENTDUE']._serialized_start=1533
+  _globals['_REASSESSMENTDUE']._serialized_end=1692
+  _globals['_EVALUATEREQUEST']._serialized_start=1694
+  _globals['_EVALUATEREQUEST']._serialized_end=1777
+  _globals['_EVALUATERESPONSE']._serialized_start=1780
+  _globals['_EVALUATERESPONSE']._serialized_end=1956
+  _globals['_ELIGIBILITYSERVICE']._serialized_start=2386
+  _globals['_ELIGIBILITYSERVICE']._serialized_end=2497
 # @@protoc_insertion_point(module_scope)

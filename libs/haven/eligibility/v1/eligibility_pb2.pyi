@@ -366,6 +366,67 @@ class EligibilityAssessed(_message.Message):
 Global___EligibilityAssessed: _TypeAlias = EligibilityAssessed  # noqa: Y015
 
 @_typing.final
+class ExitApproaching(_message.Message):
+    """A child will leave a programme on a known date: raised on each pre-exit alert date (by default 90,
+    30 and 7 days before), after the re-assessment of that day still projects the same exit. The
+    notifier turns it into `exit-due` notifications (transition planning, the leaving-care team at 18).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    PROGRAMME_ID_FIELD_NUMBER: _builtins.int
+    EXIT_DATE_FIELD_NUMBER: _builtins.int
+    DAYS_BEFORE_EXIT_FIELD_NUMBER: _builtins.int
+    EXIT_KIND_FIELD_NUMBER: _builtins.int
+    EXIT_REASON_FIELD_NUMBER: _builtins.int
+    FACTS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; derived from the referral, programme, exit date and alert, so it is raised once."""
+    referral_id: _builtins.str
+    """The FHIR ServiceRequest id of the referral."""
+    programme_id: _builtins.str
+    """Programme the child will leave (for example "ictg")."""
+    exit_date: _builtins.str
+    """ISO date of the exit."""
+    days_before_exit: _builtins.int
+    """Days from this alert to the exit (for example 30)."""
+    exit_kind: _builtins.str
+    """What ends it: "turns-18", "time-limit" or "other"."""
+    exit_reason: _builtins.str
+    """Why the child will leave, in plain words (the exit rule's reason)."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the alert was raised."""
+
+    @_builtins.property
+    def facts(self) -> _referral_pb2.ReferralFacts:
+        """The facts the re-assessment read (the notifier projects from them per recipient)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        referral_id: _builtins.str = ...,
+        programme_id: _builtins.str = ...,
+        exit_date: _builtins.str = ...,
+        days_before_exit: _builtins.int = ...,
+        exit_kind: _builtins.str = ...,
+        exit_reason: _builtins.str = ...,
+        facts: _referral_pb2.ReferralFacts | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_before_exit", b"days_before_exit", "event_id", b"event_id", "exit_date", b"exit_date", "exit_kind", b"exit_kind", "exit_reason", b"exit_reason", "facts", b"facts", "occurred_at", b"occurred_at", "programme_id", b"programme_id", "referral_id", b"referral_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExitApproaching: _TypeAlias = ExitApproaching  # noqa: Y015
+
+@_typing.final
 class ReassessmentDue(_message.Message):
     """A scheduled re-assessment of an open referral fell due (a birthday, a window end, a pre-exit date)."""
 

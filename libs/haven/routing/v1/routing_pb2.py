@@ -25,23 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehaven/routing/v1/routing.proto\x12\x10haven.routing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x01\n\nRoutedTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cprogramme_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x1d\n\x15owner_organisation_id\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x15\n\rmanual_review\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0fpart_of_task_id\x18\t \x01(\t\"a\n\x0b\x41lternative\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x14\n\x0cprogramme_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10waiting_position\x18\x04 \x01(\x05\"0\n\x08Unrouted\x12\x14\n\x0cprogramme_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"}\n\x08\x46\x61llback\x12\x1e\n\x16inform_local_authority\x18\x01 \x01(\x08\x12\x17\n\x0f\x65scalate_to_edt\x18\x02 \x01(\x08\x12\'\n\x1flocal_authority_first_responder\x18\x03 \x01(\x08\x12\x0f\n\x07summary\x18\x04 \x01(\t\"\xaa\x03\n\x0eReferralRouted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breferral_id\x18\x03 \x01(\t\x12\x1b\n\x13local_authority_gss\x18\x04 \x01(\t\x12+\n\x05tasks\x18\x05 \x03(\x0b\x32\x1c.haven.routing.v1.RoutedTask\x12\x33\n\x0c\x61lternatives\x18\x06 \x03(\x0b\x32\x1d.haven.routing.v1.Alternative\x12,\n\x08unrouted\x18\x07 \x03(\x0b\x32\x1a.haven.routing.v1.Unrouted\x12,\n\x08\x66\x61llback\x18\x08 \x01(\x0b\x32\x1a.haven.routing.v1.Fallback\x12\x31\n\x07trigger\x18\t \x01(\x0e\x32 .haven.routing.v1.RoutingTrigger\x12 \n\x18referrer_organisation_id\x18\n \x01(\t\x12\x10\n\x08sequence\x18\x0b \x01(\x03*\x9b\x01\n\x0eRoutingTrigger\x12\x1f\n\x1bROUTING_TRIGGER_UNSPECIFIED\x10\x00\x12\x1c\n\x18ROUTING_TRIGGER_ASSESSED\x10\x01\x12!\n\x1dROUTING_TRIGGER_TASK_REJECTED\x10\x02\x12\'\n#ROUTING_TRIGGER_RESERVATION_EXPIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehaven/routing/v1/routing.proto\x12\x10haven.routing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x01\n\nRoutedTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cprogramme_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x1d\n\x15owner_organisation_id\x18\x04 \x01(\t\x12\r\n\x05route\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x15\n\rmanual_review\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0fpart_of_task_id\x18\t \x01(\t\"a\n\x0b\x41lternative\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x14\n\x0cprogramme_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10waiting_position\x18\x04 \x01(\x05\"`\n\x08Unrouted\x12\x14\n\x0cprogramme_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x04\x63ode\x18\x03 \x01(\x0e\x32 .haven.routing.v1.UnroutedReason\"}\n\x08\x46\x61llback\x12\x1e\n\x16inform_local_authority\x18\x01 \x01(\x08\x12\x17\n\x0f\x65scalate_to_edt\x18\x02 \x01(\x08\x12\'\n\x1flocal_authority_first_responder\x18\x03 \x01(\x08\x12\x0f\n\x07summary\x18\x04 \x01(\t\"\xaa\x03\n\x0eReferralRouted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breferral_id\x18\x03 \x01(\t\x12\x1b\n\x13local_authority_gss\x18\x04 \x01(\t\x12+\n\x05tasks\x18\x05 \x03(\x0b\x32\x1c.haven.routing.v1.RoutedTask\x12\x33\n\x0c\x61lternatives\x18\x06 \x03(\x0b\x32\x1d.haven.routing.v1.Alternative\x12,\n\x08unrouted\x18\x07 \x03(\x0b\x32\x1a.haven.routing.v1.Unrouted\x12,\n\x08\x66\x61llback\x18\x08 \x01(\x0b\x32\x1a.haven.routing.v1.Fallback\x12\x31\n\x07trigger\x18\t \x01(\x0e\x32 .haven.routing.v1.RoutingTrigger\x12 \n\x18referrer_organisation_id\x18\n \x01(\t\x12\x10\n\x08sequence\x18\x0b \x01(\x03*\x9b\x01\n\x0eRoutingTrigger\x12\x1f\n\x1bROUTING_TRIGGER_UNSPECIFIED\x10\x00\x12\x1c\n\x18ROUTING_TRIGGER_ASSESSED\x10\x01\x12!\n\x1dROUTING_TRIGGER_TASK_REJECTED\x10\x02\x12\'\n#ROUTING_TRIGGER_RESERVATION_EXPIRED\x10\x03*\xe5\x01\n\x0eUnroutedReason\x12\x1f\n\x1bUNROUTED_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cUNROUTED_REASON_NOT_ELIGIBLE\x10\x01\x12&\n\"UNROUTED_REASON_NO_SERVICE_IN_AREA\x10\x02\x12\x1f\n\x1bUNROUTED_REASON_NO_CAPACITY\x10\x03\x12\x1d\n\x19UNROUTED_REASON_NOT_ASKED\x10\x04\x12(\n$UNROUTED_REASON_CANDIDATES_EXHAUSTED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'haven.routing.v1.routing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTINGTRIGGER']._serialized_start=991
-  _globals['_ROUTINGTRIGGER']._serialized_end=1146
+  _globals['_ROUTINGTRIGGER']._serialized_start=1039
+  _globals['_ROUTINGTRIGGER']._serialized_end=1194
+  _globals['_UNROUTEDREASON']._serialized_start=1197
+  _globals['_UNROUTEDREASON']._serialized_end=1426
   _globals['_ROUTEDTASK']._serialized_start=86
   _globals['_ROUTEDTASK']._serialized_end=283
   _globals['_ALTERNATIVE']._serialized_start=285
   _globals['_ALTERNATIVE']._serialized_end=382
   _globals['_UNROUTED']._serialized_start=384
-  _globals['_UNROUTED']._serialized_end=432
-  _globals['_FALLBACK']._serialized_start=434
-  _globals['_FALLBACK']._serialized_end=559
-  _globals['_REFERRALROUTED']._serialized_start=562
-  _globals['_REFERRALROUTED']._serialized_end=988
+  _globals['_UNROUTED']._serialized_end=480
+  _globals['_FALLBACK']._serialized_start=482
+  _globals['_FALLBACK']._serialized_end=607
+  _globals['_REFERRALROUTED']._serialized_start=610
+  _globals['_REFERRALROUTED']._serialized_end=1036
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,42 @@ ROUTING_TRIGGER_RESERVATION_EXPIRED: RoutingTrigger.ValueType  # 3
 """A reservation was not accepted in time."""
 Global___RoutingTrigger: _TypeAlias = RoutingTrigger  # noqa: Y015
 
+class _UnroutedReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UnroutedReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UnroutedReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNROUTED_REASON_UNSPECIFIED: _UnroutedReason.ValueType  # 0
+    """Not stated (events from before the code existed: read `reason`)."""
+    UNROUTED_REASON_NOT_ELIGIBLE: _UnroutedReason.ValueType  # 1
+    """The child is not eligible (or not yet: an unknown outcome)."""
+    UNROUTED_REASON_NO_SERVICE_IN_AREA: _UnroutedReason.ValueType  # 2
+    """No service of the programme covers the child's area."""
+    UNROUTED_REASON_NO_CAPACITY: _UnroutedReason.ValueType  # 3
+    """Services cover the area but none has a free place."""
+    UNROUTED_REASON_NOT_ASKED: _UnroutedReason.ValueType  # 4
+    """The service asked for was not this programme, so it was not matched."""
+    UNROUTED_REASON_CANDIDATES_EXHAUSTED: _UnroutedReason.ValueType  # 5
+    """Every candidate service has already declined or let this referral's reservation lapse."""
+
+class UnroutedReason(_UnroutedReason, metaclass=_UnroutedReasonEnumTypeWrapper):
+    """Why a programme was not routed to, as a code."""
+
+UNROUTED_REASON_UNSPECIFIED: UnroutedReason.ValueType  # 0
+"""Not stated (events from before the code existed: read `reason`)."""
+UNROUTED_REASON_NOT_ELIGIBLE: UnroutedReason.ValueType  # 1
+"""The child is not eligible (or not yet: an unknown outcome)."""
+UNROUTED_REASON_NO_SERVICE_IN_AREA: UnroutedReason.ValueType  # 2
+"""No service of the programme covers the child's area."""
+UNROUTED_REASON_NO_CAPACITY: UnroutedReason.ValueType  # 3
+"""Services cover the area but none has a free place."""
+UNROUTED_REASON_NOT_ASKED: UnroutedReason.ValueType  # 4
+"""The service asked for was not this programme, so it was not matched."""
+UNROUTED_REASON_CANDIDATES_EXHAUSTED: UnroutedReason.ValueType  # 5
+"""Every candidate service has already declined or let this referral's reservation lapse."""
+Global___UnroutedReason: _TypeAlias = UnroutedReason  # noqa: Y015
+
 @_typing.final
 class RoutedTask(_message.Message):
     """One FHIR Task created for a service."""
@@ -147,19 +183,23 @@ class Unrouted(_message.Message):
 
     PROGRAMME_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     programme_id: _builtins.str
     """Programme id."""
     reason: _builtins.str
     """Why, in plain words (ineligible with the failing rule, no service in the area, no capacity)."""
+    code: Global___UnroutedReason.ValueType
+    """The same reason as a code, for consumers that act on it."""
     def __init__(
         self,
         *,
         programme_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        code: Global___UnroutedReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["programme_id", b"programme_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "programme_id", b"programme_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
