@@ -38,9 +38,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from haven.kit.kv_follow import follow
 from haven.kit.topology import BUCKET_CAPACITY
 from services.referral_router.domain import Directory
-from services.referral_router.kv_follow import follow
 
 _MAX_CAS_ATTEMPTS = 50
 _WRONG_LAST_SEQUENCE = 10071

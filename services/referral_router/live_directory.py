@@ -6,7 +6,7 @@ watches ``HealthcareService.*`` in the resources bucket: an admin's ``PUT Health
 replaces the entry in every running router without a restart, and a changed number of places moves
 the free count (``CapacityLedger.sync_places``). An entry that cannot be read is logged and skipped;
 the routers keep the last good version of it. ``loaded`` is set only once every entry present at
-start is applied and the free counts follow it (``kv_follow``), so a ready router has its directory.
+start is applied and the free counts follow it (``haven.kit.kv_follow``), so a ready router has its directory.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from datetime import datetime
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from haven.kit.kv_follow import follow
 from haven.kit.logs import log_event
 from haven.kit.resources import AlreadyExistsError, RecordScope, ResourceStore
 from haven.kit.topology import BUCKET_RESOURCES
@@ -32,7 +33,6 @@ from services.referral_router.domain import (
     healthcare_service_to_fhir,
 )
 from services.referral_router.domain.directory import make_directory
-from services.referral_router.kv_follow import follow
 
 _log = logging.getLogger(__name__)
 _KEYS = "HealthcareService.*"

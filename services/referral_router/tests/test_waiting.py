@@ -6,6 +6,7 @@ from datetime import date
 
 from nats.js.kv import KeyValue
 
+from haven.kit.kv_follow import InitialLoad
 from haven.referral.v1 import referral_pb2
 from services.referral_router.domain import (
     Assessment,
@@ -16,7 +17,6 @@ from services.referral_router.domain import (
     plan_routing,
 )
 from services.referral_router.domain.rerouting import ExistingTask
-from services.referral_router.kv_follow import InitialLoad
 from services.referral_router.testing import assessed
 
 ON = date(2025, 6, 1)
