@@ -1,13 +1,16 @@
 """Benchmark of referral intake: the full ``POST /fhir`` against a bare FastAPI endpoint, same run.
 
-Each server runs in its own process under uvicorn (one worker); the load comes from CLIENT_PROCESSES
-separate processes speaking raw HTTP/1.1 over keep-alive connections (a few microseconds of client
-CPU per request, so the load generator can outrun both servers and the ratio is the servers' own).
+Each server runs in its own process under uvicorn (one worker, httptools on uvloop, as the service
+runs); the load comes from CLIENT_PROCESSES separate processes speaking raw HTTP/1.1 over keep-alive
+connections (a few microseconds of client CPU per request, so the load generator can outrun both
+servers and the ratio is the servers' own).
 1. At fixed arrival rates (open loop: a request starts on schedule whatever the answers), the p50
    and p99 latency of the 201, for the gateway (token check, FHIR validation, KV writes, JetStream
    publish, audit) and for a bare endpoint that only parses the JSON body. The ratio is the cost of
    the gateway's work.
 2. Accepted referrals per second with 32 requests in flight (closed loop), and at each fixed rate.
+3. CPU per accepted referral during the closed loop, of the server process and of nats-server: the
+   figure that moves least when other work shares the machine (latencies and rates move a lot).
 The bodies are police referrals of distinct children (dates of birth differ), as a real night is.
 The gateway writes to a real ``nats-server -js`` in a temporary folder; no other service runs.
 Run: ``python -m benchmarks.gateway``, or call ``main()`` (it returns the figures).
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+import uvloop
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -55,8 +59,11 @@ def _bare_app() -> FastAPI:
 
 def _serve(kind: str, port: int, nats_url: str) -> None:
     """Run one server in this process until killed (``kind`` is "gateway" or "bare")."""
+    # Both on the same stack as the service (services/gateway/service.py): uvloop and httptools.
     if kind == "bare":
-        uvicorn.run(_bare_app(), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.run(
+            _bare_app(), host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools"
+        )
         return
 
     from haven.kit import bus
@@ -68,11 +75,13 @@ def _serve(kind: str, port: int, nats_url: str) -> None:
         await ensure_topology(nc.jetstream())
         app = await in_process_app(nc)
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_config=None, access_log=False, http="httptools"
+            )
         )
         await server.serve()
 
-    asyncio.run(run())
+    uvloop.run(run())
 
 
 def _start(kind: str, port: int, nats_url: str) -> subprocess.Popen[bytes]:
@@ -87,6 +96,16 @@ def _start(kind: str, port: int, nats_url: str) -> subprocess.Popen[bytes]:
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"{kind} server did not start")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU time a process has used so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # Fields 14 and 15 of stat(5) (utime, stime), counted after the ")" that ends the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -259,13 +278,23 @@ def main() -> dict[str, float]:
         servers = {kind: free_port() for kind in ("gateway", "bare")}
         processes = [_start(kind, port, nats.url) for kind, port in servers.items()]
         try:
-            for kind, port in servers.items():
+            for (kind, port), process in zip(servers.items(), processes, strict=True):
                 _open_loop(pool, port, head, bodies, 50, 1.0)  # warm up
                 for rate in RATES:
                     figures = _open_loop(pool, port, head, bodies, rate, SECONDS_PER_RATE)
                     for name, value in figures.items():
                         results[f"{kind}_{name}_at_{rate}_per_s"] = value
-                results[f"{kind}_accepted_per_s"] = _closed_loop(pool, port, head, bodies, THROUGHPUT_SECONDS)
+                cpu_before = (_cpu_seconds(process.pid), _cpu_seconds(nats.process.pid))
+                closed_rate = _closed_loop(pool, port, head, bodies, THROUGHPUT_SECONDS)
+                accepted = closed_rate * THROUGHPUT_SECONDS
+                results[f"{kind}_accepted_per_s"] = closed_rate
+                results[f"{kind}_cpu_ms_per_request"] = (
+                    (_cpu_seconds(process.pid) - cpu_before[0]) * 1000 / max(accepted, 1)
+                )
+                if kind == "gateway":
+                    results["nats_cpu_ms_per_referral"] = (
+                        (_cpu_seconds(nats.process.pid) - cpu_before[1]) * 1000 / max(accepted, 1)
+                    )
         finally:
             for process in processes:
                 process.terminate()

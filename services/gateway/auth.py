@@ -13,19 +13,22 @@ from fastapi import Depends, Request
 from haven.organisations import Role
 from services.gateway.errors import ApiError, api_error
 from services.gateway.fhir import Issue, IssueType
-from services.gateway.security.errors import AuthenticationError
+from services.gateway.security.errors import AuthenticationError, KeySourceUnavailableError
 from services.gateway.security.principal import Principal
-from services.gateway.security.tokens import token_from_authorization, verify_token
+from services.gateway.security.tokens import token_from_authorization, verify_token_async
 from services.gateway.state import GatewayState, gateway_state
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="haven"'}
 
 
-def authenticate(request: Request, state: Annotated[GatewayState, Depends(gateway_state)]) -> Principal:
-    """Return the caller's Principal, or answer 401."""
+async def authenticate(request: Request, state: Annotated[GatewayState, Depends(gateway_state)]) -> Principal:
+    """Return the caller's Principal, or answer 401 (503 if the identity provider's keys are unreachable)."""
+    # async: a plain function dependency costs a worker-thread round trip on every request.
     try:
         token = token_from_authorization(request.headers.get("authorization"))
-        principal = verify_token(state.verifier, token, now=state.clock())
+        principal = await verify_token_async(state.verifier, token, now=state.clock())
+    except KeySourceUnavailableError:
+        raise api_error(503, IssueType.TRANSIENT, "cannot check tokens now; retry later") from None
     except AuthenticationError as error:
         raise ApiError(
             401,

@@ -1,16 +1,15 @@
 """Referral intake: ``POST /fhir`` with a transaction Bundle, or ``POST /fhir/ServiceRequest`` alone.
 
-Both paths share one intake (`_intake`, `_accept`); only parsing and the shape of the answer differ.
-Validated in full before anything is written; stored, then ``ReferralReceived`` is published, and only
-when JetStream has acknowledged both does the referrer get 201. Repeats with the same ``X-Request-ID``
-(or the same referrer identifier with ``ifNoneExist``) get the first answer, never a second referral.
+Both paths share one intake (`_intake`); only parsing and the shape of the answer differ. Validated
+in full before anything is written; then stored and announced through an intake record
+(``intake.py``: crash-safe, nothing half visible), and only when JetStream has acknowledged every
+write and ``ReferralReceived`` does the referrer get 201. Repeats with the same ``X-Request-ID`` (or
+the same referrer identifier with ``ifNoneExist``) get the first answer, never a second referral.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -18,17 +17,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from haven.kit import bus, topology
-from haven.kit.ids import derived_id
-from haven.kit.logs import log_event
-from haven.kit.resources import RecordScope
-from haven.kit.timestamps import to_timestamp
 from haven.organisations import Role
-from haven.referral.v1 import referral_pb2
-from services.gateway.audit_log import record_audit
+from services.gateway import intake
 from services.gateway.auth import CurrentPrincipal, State, require_role
 from services.gateway.body import read_json_body
-from services.gateway.duplicates import link_possible_duplicates
 from services.gateway.errors import api_error, fhir_response
 from services.gateway.fhir import (
     IssueType,
@@ -45,13 +37,12 @@ from services.gateway.idempotency import (
     claim,
     idempotency_key,
 )
-from services.gateway.observations import remember_facts
+from services.gateway.intake import identifier_token as identifier_token  # searches.py uses it
 from services.gateway.security.access import can_read
 from services.gateway.security.principal import Principal
 from services.gateway.state import GatewayState
 
 router = APIRouter()
-_log = logging.getLogger(__name__)
 
 
 _BUNDLE_BODY = {
@@ -154,12 +145,21 @@ async def _intake(
     now = state.clock()
     keys = _request_keys(request, principal, conditional_identifier)
     if not keys:
-        answer = await _accept(state, principal, parsed, now, request, shape)
+        record = _record(principal, parsed, now, request, shape, [])
+        await intake.begin(state, record)
+        answer = await intake.complete(state, record)
+        intake.forget_later(state, record.key)
         return fhir_response(answer.body, answer.status, answer.headers)
     claims: list[IdempotencyClaim] = []
     try:
         for key in keys:
-            taken = await claim(state.idempotency, key, state.settings.idempotency_wait_seconds)
+            taken = await claim(
+                state.idempotency,
+                key,
+                state.settings.idempotency_wait_seconds,
+                referral_id=parsed.referral_id,
+                on_stale=lambda referral_id: intake.complete_stale_claim(state, referral_id),
+            )
             if taken.answer is not None:
                 for earlier in claims:
                     await earlier.complete(taken.answer)
@@ -173,20 +173,25 @@ async def _intake(
         ) from None
     try:
         found = await _existing(state, principal, conditional_identifier, now, shape)
-        answer = found if found is not None else await _accept(state, principal, parsed, now, request, shape)
+        pending = None if found is not None else _record(principal, parsed, now, request, shape, claims)
+        if pending is not None:
+            await intake.begin(state, pending)
     except Exception:
+        # Nothing stored: a corrected retry must be free to proceed.
         for taken in claims:
             await taken.release()
         raise
-    for taken in claims:
-        await taken.complete(answer)
+    if pending is None:
+        assert found is not None
+        answer = found
+    else:
+        # From here a failure leaves the claims pending and naming this referral: the sweeper, or a
+        # retry once the claim is stale, completes the intake and answers them; never a second referral.
+        answer = await intake.complete(state, pending)
+    await asyncio.gather(*(taken.complete(answer) for taken in claims))
+    if pending is not None:
+        intake.forget_later(state, pending.key)
     return fhir_response(answer.body, answer.status, answer.headers)
-
-
-def identifier_token(organisation_id: str, identifier: str) -> str:
-    """Return the index token of a referrer's own identifier (``system|value``), within its organisation."""
-    # Hashed: identifiers may hold any character, and the index key must be one safe KV token.
-    return hashlib.sha256(f"{organisation_id}\x1f{identifier}".encode()).hexdigest()[:40]
 
 
 async def _existing(
@@ -258,90 +263,20 @@ def _replay(answer: StoredAnswer, key: str) -> JSONResponse:
     return fhir_response(answer.body, answer.status, answer.headers)
 
 
-async def _accept(
-    state: GatewayState,
+def _record(
     principal: Principal,
     parsed: ParsedReferral,
     now: datetime,
     request: Request,
     shape: _Answer,
-) -> StoredAnswer:
-    scope = RecordScope(
-        local_authority_gss=parsed.facts.local_authority_gss,
-        referrer_organisation_id=principal.organisation_id,
+    claims: list[IdempotencyClaim],
+) -> intake.Intake:
+    """Return the intake record of an accepted referral (written before any of its resources)."""
+    return intake.Intake(
+        parsed=parsed,
+        principal=principal,
+        received_at=now,
+        request_id=request.headers.get("x-request-id", ""),
+        shape="transaction" if shape is _Answer.TRANSACTION else "resource",
+        claims=tuple(c.key for c in claims),
     )
-    # The ServiceRequest is written last: until it exists nothing points at the others, which are
-    # written together (each its own key, so the order among them does not matter).
-    others = [r for r in parsed.resources if r["resourceType"] != "ServiceRequest"]
-    await asyncio.gather(*(state.store.create(r, scope, now) for r in others))
-    [request_resource] = [r for r in parsed.resources if r["resourceType"] == "ServiceRequest"]
-    stored = await state.store.create(request_resource, scope, now)
-    # Independent writes go together: each is a round trip to NATS, and the 201 waits for all of them.
-    # The facts are kept before ReferralReceived is published (a later Observation starts from them).
-    _, flags, _ = await asyncio.gather(
-        asyncio.gather(
-            *(state.store.add_index(t, p, v, i) for t, p, v, i in _indexes(parsed, principal.organisation_id))
-        ),
-        link_possible_duplicates(state, parsed, now),
-        remember_facts(state.js, parsed.referral_id, parsed.facts),
-    )
-    event = referral_pb2.ReferralReceived(
-        event_id=derived_id("referral-received", parsed.referral_id),
-        occurred_at=to_timestamp(now),
-        referral_id=parsed.referral_id,
-        facts=parsed.facts,
-    )
-    await asyncio.gather(
-        bus.publish_event(state.js, topology.REFERRAL_RECEIVED, event, msg_id=event.event_id),
-        record_audit(
-            state,
-            principal,
-            "C",
-            [*parsed.locations, *flags],
-            request,
-            purpose="COC",
-            patient=f"Patient/{parsed.patient_id}",
-        ),
-    )
-    log_event(
-        _log,
-        "referral accepted",
-        referral_id=parsed.referral_id,
-        organisation=principal.organisation_id,
-        possible_duplicates=len(flags),
-    )
-    location = f"ServiceRequest/{parsed.referral_id}"
-    if shape is _Answer.RESOURCE:
-        headers = {"Location": f"{location}/_history/{stored.version}", "ETag": f'W/"{stored.version}"'}
-        return StoredAnswer(201, stored.resource, headers)
-    body = transaction_response_bundle(parsed.locations, last_modified=now)
-    return StoredAnswer(201, body, {"Location": location})
-
-
-def _indexes(parsed: ParsedReferral, organisation_id: str) -> list[tuple[str, str, str, str]]:
-    """Return the (type, param, value, id) search entries of a new referral."""
-    referral = f"ServiceRequest/{parsed.referral_id}"
-    found = [("ServiceRequest", "patient", f"Patient/{parsed.patient_id}", parsed.referral_id)]
-    if parsed.referrer_identifier:
-        found += [
-            (
-                "ServiceRequest",
-                "identifier",
-                identifier_token(organisation_id, parsed.referrer_identifier),
-                parsed.referral_id,
-            ),
-            # Unscoped by organisation: the LA and operators search by a referrer's case number too.
-            (
-                "ServiceRequest",
-                "identifier-any",
-                identifier_token("", parsed.referrer_identifier),
-                parsed.referral_id,
-            ),
-        ]
-    # Facts in the Bundle belong to the referral like those posted later (observations.py indexes those).
-    found += [
-        ("Observation", "based-on", referral, str(r["id"]))
-        for r in parsed.resources
-        if r["resourceType"] == "Observation"
-    ]
-    return found

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Generator
+from datetime import timedelta
 
 import grpc
 import uvicorn
+import uvloop
 
 from haven.eligibility.v1 import eligibility_pb2_grpc
 from haven.kit import topology
 from haven.kit.clock import Clock, system_clock
 from haven.kit.lifecycle import ServiceContext, start
 from haven.kit.resources import ResourceStore
+from services.gateway import intake
 from services.gateway.app import create_app
 from services.gateway.security.keys import (
     HmacTokenVerifier,
@@ -64,10 +67,20 @@ async def run(ctx: ServiceContext, settings: GatewaySettings, clock: Clock = sys
         port=settings.gateway_port,
         log_config=None,
         access_log=False,
+        # The C HTTP parser (a dependency): uvicorn would pick it anyway, named so a missing one fails.
+        http="httptools",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
     server = _EmbeddedServer(config)
     serving = server.serve()
+    # Completes the referrals a crash left half stored (intake.py): at once, then periodically.
+    sweeper = asyncio.create_task(
+        intake.sweep_forever(
+            state,
+            every=timedelta(seconds=settings.intake_sweep_seconds),
+            older_than=timedelta(seconds=settings.intake_sweep_after_seconds),
+        )
+    )
 
     task = asyncio.create_task(serving)
     while not server.started and not task.done():
@@ -77,10 +90,16 @@ async def run(ctx: ServiceContext, settings: GatewaySettings, clock: Clock = sys
     # Readiness is already false (the lifecycle set it); now stop accepting and finish what is in flight.
     server.should_exit = True
     await task
+    await intake.finish_purges()
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
     await channel.close()
 
 
 def main() -> None:
     """Entry point: read settings and serve until SIGTERM."""
     settings = GatewaySettings()  # type: ignore[call-arg]  # required values come from the environment
+    # uvloop: the event loop in C; with httptools it is most of what a bare uvicorn endpoint is faster by.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     start("gateway", settings, lambda ctx: run(ctx, settings))

@@ -17,3 +17,9 @@ class GatewaySettings(ServiceSettings):
     jwt_secret: str = Field(default="", description="HS256 signing secret; empty: the local dev key")
     jwt_jwks_url: str = Field(default="", description="JWKS URL of the production token issuer")
     idempotency_wait_seconds: float = Field(default=10.0, description="how long a repeat waits for the first")
+    intake_sweep_seconds: float = Field(
+        default=60.0, gt=0, description="how often unfinished intakes (a crash mid-referral) are completed"
+    )
+    intake_sweep_after_seconds: float = Field(
+        default=30.0, ge=0, description="how old an unfinished intake must be before the sweeper takes it"
+    )

@@ -32,7 +32,8 @@ class GatewayState:
     clock: Clock
 
 
-def gateway_state(request: Request) -> GatewayState:
+async def gateway_state(request: Request) -> GatewayState:
     """Return the gateway state of the app serving ``request``."""
+    # async: FastAPI runs a plain function dependency in a worker thread, a round trip per request.
     state: GatewayState = request.app.state.haven
     return state

@@ -16,19 +16,20 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 from urllib.parse import urlparse
 
 import jwt
 import jwt.algorithms
-from jwt import PyJWK, PyJWKClient
+from jwt import PyJWK, PyJWKClient, PyJWKSet
 from jwt.exceptions import (
-    DecodeError,
+    InvalidTokenError,
     PyJWKClientConnectionError,
     PyJWKClientError,
-    PyJWKError,
     PyJWKSetError,
 )
 
@@ -145,7 +146,14 @@ class HmacTokenVerifier:
 
 
 class JwksTokenVerifier:
-    """Checks RS256/ES256 tokens against the identity provider's published keys (HAVEN_JWT_JWKS_URL)."""
+    """Checks RS256/ES256 tokens against the identity provider's published keys (HAVEN_JWT_JWKS_URL).
+
+    The keys are fetched on first use and kept, parsed, for `lifespan_seconds`: a request whose key
+    is known costs no fetch and no key parsing. A token naming a key not in the set (the provider
+    rotated its keys) fetches the set again at once, but not more often than every
+    `refresh_cooldown_seconds`, so tokens with made-up key ids cannot make the gateway hammer the
+    provider.
+    """
 
     def __init__(
         self,
@@ -154,8 +162,11 @@ class JwksTokenVerifier:
         issuer: str | None = None,
         algorithms: Sequence[str] = ASYMMETRIC_ALGORITHMS,
         timeout_seconds: float = 5.0,
+        lifespan_seconds: float = 300.0,
+        refresh_cooldown_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Prepare to fetch keys from `url` (fetched lazily, cached for five minutes).
+        """Prepare to fetch keys from `url` (fetched lazily).
 
         Raises SigningKeyError if `cryptography` is not installed, if `url` is not https (plain http
         only for localhost), or if `algorithms` holds a symmetric one.
@@ -179,20 +190,70 @@ class JwksTokenVerifier:
         self.url = url
         self.issuer = issuer
         self.algorithms = tuple(algorithms)
-        self._client = PyJWKClient(url, timeout=timeout_seconds)
+        self._lifespan = lifespan_seconds
+        self._cooldown = refresh_cooldown_seconds
+        self._clock = clock
+        # Only the fetching is PyJWKClient's: its own key lookup parses the whole set on every call.
+        self._client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout_seconds)
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at: float | None = None
+        # Fetches run in a worker thread (see `needs_fetch`): one at a time, and the others then reuse it.
+        self._lock = threading.Lock()
 
     def key_for(self, token: str) -> PyJWK:
         """Return the published key named by the token's `kid`, fetching the JWKS when needed."""
+        kid = _key_id(token)
+        key = self._keys.get(kid) if not self._expired() else None
+        if key is not None:
+            return key
+        with self._lock:
+            if self._should_fetch(kid):
+                self._fetch()
+            key = self._keys.get(kid)
+        if key is None:
+            raise AuthenticationError(AuthFailure.UNKNOWN_KEY)
+        return key
+
+    def needs_fetch(self, token: str) -> bool:
+        """Say whether `key_for(token)` would fetch the JWKS, blocking on the network (then use a thread)."""
         try:
-            return self._client.get_signing_key_from_jwt(token)
+            kid = _key_id(token)
+        except AuthenticationError:
+            return False  # refused without any fetch
+        return self._should_fetch(kid)
+
+    def _expired(self) -> bool:
+        return self._fetched_at is None or self._clock() - self._fetched_at >= self._lifespan
+
+    def _should_fetch(self, kid: str) -> bool:
+        if self._expired():
+            return True
+        assert self._fetched_at is not None
+        return kid not in self._keys and self._clock() - self._fetched_at >= self._cooldown
+
+    def _fetch(self) -> None:
+        try:
+            data = self._client.fetch_data()
+            found = PyJWKSet.from_dict(data)
         except PyJWKClientConnectionError as error:
             raise KeySourceUnavailableError(f"cannot fetch the JWKS from {self.url}: {error}") from error
-        except PyJWKSetError as error:
+        except (PyJWKSetError, PyJWKClientError) as error:
             raise KeySourceUnavailableError(f"the JWKS at {self.url} is unusable: {error}") from error
-        except DecodeError as error:
-            raise AuthenticationError(AuthFailure.MALFORMED) from error
-        except (PyJWKClientError, PyJWKError) as error:
-            raise AuthenticationError(AuthFailure.UNKNOWN_KEY) from error
+        # Signing keys with an id only (as PyJWKClient): an encryption key never checks a token.
+        self._keys = {k.key_id: k for k in found.keys if k.key_id and k.public_key_use in ("sig", None)}
+        self._fetched_at = self._clock()
 
     def __repr__(self) -> str:
         return f"JwksTokenVerifier({self.url!r}, issuer={self.issuer!r})"
+
+
+def _key_id(token: str) -> str:
+    """Return the `kid` in a token's header (not yet verified: it only picks the key to verify with)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except InvalidTokenError as error:
+        raise AuthenticationError(AuthFailure.MALFORMED) from error
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise AuthenticationError(AuthFailure.UNKNOWN_KEY)
+    return kid

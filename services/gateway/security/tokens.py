@@ -11,7 +11,10 @@ GSS codes: an LA platform's or EDT's area), iat, exp, jti.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -36,7 +39,7 @@ from haven.organisations import (
 )
 
 from .errors import AuthenticationError, AuthFailure
-from .keys import DEV_ISSUER, TokenVerifier, hmac_secret
+from .keys import DEV_ISSUER, JwksTokenVerifier, TokenVerifier, hmac_secret
 from .principal import Principal
 
 AUDIENCE: Final = "haven"
@@ -118,6 +121,54 @@ def token_from_authorization(header: str | None) -> str:
     return token.strip()
 
 
+async def verify_token_async(verifier: TokenVerifier, token: str | None, *, now: datetime) -> Principal:
+    """Return what `verify_token` returns, without blocking the event loop.
+
+    Checked in the loop (tens of microseconds), except when a JWKS verifier has to fetch its keys
+    first: that runs in a worker thread, since the fetch may take up to its timeout.
+    """
+    if token and isinstance(verifier, JwksTokenVerifier) and verifier.needs_fetch(token):
+        return await asyncio.to_thread(verify_token, verifier, token, now=now)
+    return verify_token(verifier, token, now=now)
+
+
+class _VerifiedTokens:
+    """Claims of tokens whose signature, audience and issuer passed, kept a short while per verifier.
+
+    Referrers send the same token with every request; checking its signature once a minute instead
+    of each time saves the decoding and the signature check. Safe: only the very same token string
+    (so the very same signature) hits, and the times and the registry are still checked every time.
+    The price: a key withdrawn from a JWKS keeps passing the tokens it signed for up to `TTL_SECONDS`
+    (the JWKS itself is kept five minutes anyway).
+    """
+
+    TTL_SECONDS: Final = 60.0
+    SIZE: Final = 4096
+
+    def __init__(self) -> None:
+        # (id of the verifier, token) -> (when checked, the verifier, its claims)
+        self._entries: OrderedDict[tuple[int, str], tuple[float, TokenVerifier, dict[str, Any]]]
+        self._entries = OrderedDict()
+
+    def get(self, verifier: TokenVerifier, token: str) -> dict[str, Any] | None:
+        """Return the checked claims of `token` for `verifier`, or None."""
+        entry = self._entries.get((id(verifier), token))
+        # The verifier itself is compared too: an id can be reused once a verifier is gone.
+        if entry is None or entry[1] is not verifier or time.monotonic() - entry[0] > self.TTL_SECONDS:
+            return None
+        return entry[2]
+
+    def put(self, verifier: TokenVerifier, token: str, claims: dict[str, Any]) -> None:
+        """Remember that `token` passed `verifier`'s checks."""
+        self._entries[(id(verifier), token)] = (time.monotonic(), verifier, claims)
+        self._entries.move_to_end((id(verifier), token))
+        while len(self._entries) > self.SIZE:
+            self._entries.popitem(last=False)
+
+
+_verified = _VerifiedTokens()
+
+
 def verify_token(verifier: TokenVerifier, token: str | None, *, now: datetime) -> Principal:
     """Return the Principal a token names, checked for signature, audience, issuer, time and registry.
 
@@ -128,7 +179,10 @@ def verify_token(verifier: TokenVerifier, token: str | None, *, now: datetime) -
     _require_aware(now)
     if not token:
         raise AuthenticationError(AuthFailure.MISSING)
-    claims = _decode(verifier, token)
+    claims = _verified.get(verifier, token)
+    if claims is None:
+        claims = _decode(verifier, token)
+        _verified.put(verifier, token, claims)
     _check_times(claims, now)
     return _principal_from(claims)
 

@@ -1,0 +1,369 @@
+"""Crash-safe storage of an accepted referral: an intake record first, then the writes it describes.
+
+A referral is one transaction of many KV writes and two publishes. To leave nothing half done when
+the process dies between them, the whole of it (resources, facts, scope, the referrer, the request's
+idempotency keys) is first written as one *intake record* (``intake.<referral id>`` in the
+idempotency bucket). ``complete`` then does every write, each one idempotent, in three stages:
+
+1. the resources, the referral's facts and its possible-duplicate links (ids nobody has been given);
+2. ``ReferralReceived`` (``Nats-Msg-Id`` is its derived event id, so a repeat is dropped);
+3. the search index entries and the AuditEvent: only now can anyone find the referral by searching.
+
+Only when all three are acknowledged is the referrer answered 201; then the record is purged.
+A record still there later belongs to a request that died: ``sweep`` (at start and periodically)
+completes it the same way, and ``complete_stale_claim`` lets a retry of the same ``X-Request-ID``
+finish it at once and get its answer. So a referral whose record was written is never lost and
+never half visible, and one whose record was not written left nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from haven.kit import bus, topology
+from haven.kit.ids import derived_id
+from haven.kit.kv_keys import list_bucket_keys
+from haven.kit.logs import log_event
+from haven.kit.resources import KvWrite, RecordScope, StoredResource, write_all
+from haven.kit.timestamps import to_timestamp
+from haven.organisations import Role
+from haven.referral.v1 import referral_pb2
+from services.gateway.duplicates import link_possible_duplicates
+from services.gateway.fhir import ParsedReferral, transaction_response_bundle
+from services.gateway.idempotency import StoredAnswer, complete_if_pending
+from services.gateway.security.audit import audit_event
+from services.gateway.security.principal import Principal
+from services.gateway.state import GatewayState
+
+_log = logging.getLogger(__name__)
+PREFIX: Final = "intake."
+# A record younger than this may belong to a request still in flight; the sweeper leaves it alone.
+# (Completing it twice would be harmless, every write being idempotent, only wasted work.)
+DEFAULT_SWEEP_AFTER: Final = timedelta(seconds=30)
+
+Shape = Literal["transaction", "resource"]
+
+
+@dataclass(frozen=True)
+class Intake:
+    """Everything needed to store and announce one accepted referral, with or without its request."""
+
+    parsed: ParsedReferral
+    principal: Principal
+    received_at: datetime
+    request_id: str
+    shape: Shape
+    claims: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The record's key in the idempotency bucket."""
+        return f"{PREFIX}{self.parsed.referral_id}"
+
+    @property
+    def scope(self) -> RecordScope:
+        """Who the referral's records concern: the child's local authority and the referrer."""
+        return RecordScope(
+            local_authority_gss=self.parsed.facts.local_authority_gss,
+            referrer_organisation_id=self.principal.organisation_id,
+        )
+
+    def to_json(self) -> bytes:
+        """Encode the record (facts as their protobuf bytes, so nothing is lost in translation)."""
+        parsed, principal = self.parsed, self.principal
+        return json.dumps(
+            {
+                "referral_id": parsed.referral_id,
+                "patient_id": parsed.patient_id,
+                "referrer_identifier": parsed.referrer_identifier,
+                "resources": list(parsed.resources),
+                "facts": base64.b64encode(parsed.facts.SerializeToString()).decode(),
+                "principal": {
+                    "organisation_id": principal.organisation_id,
+                    "role": principal.role.value,
+                    "gss_codes": sorted(principal.gss_codes),
+                    "referrer_kind": principal.referrer_kind,
+                },
+                "received_at": self.received_at.isoformat(),
+                "request_id": self.request_id,
+                "shape": self.shape,
+                "claims": list(self.claims),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Intake:
+        """Read a record written by ``to_json``; raise ValueError (or KeyError) if it is not one."""
+        record: dict[str, Any] = json.loads(data)
+        who = record["principal"]
+        shape = record["shape"]
+        if shape not in ("transaction", "resource"):
+            raise ValueError(f"unknown answer shape {shape!r}")
+        parsed = ParsedReferral(
+            referral_id=str(record["referral_id"]),
+            patient_id=str(record["patient_id"]),
+            referrer_identifier=record["referrer_identifier"],
+            resources=tuple(record["resources"]),
+            facts=referral_pb2.ReferralFacts.FromString(base64.b64decode(record["facts"])),
+        )
+        principal = Principal(
+            organisation_id=str(who["organisation_id"]),
+            role=Role(who["role"]),
+            gss_codes=frozenset(who["gss_codes"]),
+            referrer_kind=str(who["referrer_kind"]),
+        )
+        return cls(
+            parsed=parsed,
+            principal=principal,
+            received_at=datetime.fromisoformat(record["received_at"]),
+            request_id=str(record["request_id"]),
+            shape=shape,
+            claims=tuple(record["claims"]),
+        )
+
+
+async def begin(state: GatewayState, intake: Intake) -> None:
+    """Write the intake record: from here on the referral is completed, by this request or the sweeper."""
+    [revision] = await write_all(
+        state.js, [KvWrite(_bucket_name(state.idempotency), intake.key, intake.to_json(), create=True)]
+    )
+    if revision is None:
+        # Referral ids are fresh UUIDs: a record already there is a bug, never a reason to overwrite.
+        raise RuntimeError(f"intake record {intake.key} exists already")
+
+
+async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
+    """Do every write of the referral (each idempotent: safe to repeat) and return the 201 answer."""
+    parsed, now, scope = intake.parsed, intake.received_at, intake.scope
+    creations = [state.store.creation(r, scope, now) for r in parsed.resources]
+    facts = KvWrite(topology.BUCKET_FACTS, parsed.referral_id, parsed.facts.SerializeToString(), create=True)
+    # Stage 1. The facts are created, never replaced: on a repeat, a later Observation's facts stay.
+    revisions, flags = await asyncio.gather(
+        write_all(state.js, [*creations, facts]), link_possible_duplicates(state, parsed, now)
+    )
+    # Stage 2. Announced only once everything it names is stored.
+    event = referral_pb2.ReferralReceived(
+        event_id=derived_id("referral-received", parsed.referral_id),
+        occurred_at=to_timestamp(now),
+        referral_id=parsed.referral_id,
+        facts=parsed.facts,
+    )
+    await bus.publish_event(state.js, topology.REFERRAL_RECEIVED, event, msg_id=event.event_id)
+    # Stage 3. Searchable only once announced; audited before the answer, as every write is.
+    audit = audit_event(
+        intake.principal,
+        "C",
+        parsed.locations[0],
+        "0",
+        "COC",
+        at=now,
+        request_id=intake.request_id,
+        patient_reference=f"Patient/{parsed.patient_id}",
+        more_references=(*parsed.locations[1:], *flags),
+    )
+    entities = sorted({*parsed.locations, *flags, f"Patient/{parsed.patient_id}"})
+    index = [state.store.index_entry(*entry) for entry in search_entries(parsed, intake.principal)]
+    # No scope on the AuditEvent: only operators and admin read them (see audit_log.record_audit).
+    audit_record = state.store.creation(audit, RecordScope(), now)
+    audit_index = [state.store.index_entry("AuditEvent", "entity", e, str(audit["id"])) for e in entities]
+    await asyncio.gather(
+        write_all(state.js, [*index, audit_record, *audit_index]),
+        state.js.publish(
+            topology.AUDIT_RECORDED,
+            json.dumps(audit, separators=(",", ":")).encode(),
+            headers={"Nats-Msg-Id": str(audit["id"])},
+        ),
+    )
+    log_event(
+        _log,
+        "referral accepted",
+        referral_id=parsed.referral_id,
+        organisation=intake.principal.organisation_id,
+        possible_duplicates=len(flags),
+    )
+    return await _answer(state, intake, creations, revisions)
+
+
+async def _answer(
+    state: GatewayState, intake: Intake, creations: Sequence[KvWrite], revisions: Sequence[int | None]
+) -> StoredAnswer:
+    parsed = intake.parsed
+    location = f"ServiceRequest/{parsed.referral_id}"
+    if intake.shape == "transaction":
+        body = transaction_response_bundle(parsed.locations, last_modified=intake.received_at)
+        return StoredAnswer(201, body, {"Location": location})
+    [at] = [i for i, r in enumerate(parsed.resources) if r["resourceType"] == "ServiceRequest"]
+    revision = revisions[at]
+    stored: StoredResource | None
+    if revision is not None:
+        stored = state.store.stored(creations[at], revision)
+    else:  # completed before (a repeat): answer with what is stored
+        stored = await state.store.read("ServiceRequest", parsed.referral_id)
+    if stored is None:
+        raise RuntimeError(f"{location} vanished while its intake was completed")
+    headers = {"Location": f"{location}/_history/{stored.version}", "ETag": f'W/"{stored.version}"'}
+    return StoredAnswer(201, stored.resource, headers)
+
+
+def search_entries(parsed: ParsedReferral, principal: Principal) -> list[tuple[str, str, str, str]]:
+    """Return the (type, param, value, id) search entries of a new referral."""
+    referral = f"ServiceRequest/{parsed.referral_id}"
+    found = [("ServiceRequest", "patient", f"Patient/{parsed.patient_id}", parsed.referral_id)]
+    if parsed.referrer_identifier:
+        found += [
+            (
+                "ServiceRequest",
+                "identifier",
+                identifier_token(principal.organisation_id, parsed.referrer_identifier),
+                parsed.referral_id,
+            ),
+            # Unscoped by organisation: the LA and operators search by a referrer's case number too.
+            (
+                "ServiceRequest",
+                "identifier-any",
+                identifier_token("", parsed.referrer_identifier),
+                parsed.referral_id,
+            ),
+        ]
+    # Facts in the Bundle belong to the referral like those posted later (observations.py indexes those).
+    found += [
+        ("Observation", "based-on", referral, str(r["id"]))
+        for r in parsed.resources
+        if r["resourceType"] == "Observation"
+    ]
+    return found
+
+
+def identifier_token(organisation_id: str, identifier: str) -> str:
+    """Return the index token of a referrer's own identifier (``system|value``), within its organisation."""
+    # Hashed: identifiers may hold any character, and the index key must be one safe KV token.
+    return hashlib.sha256(f"{organisation_id}\x1f{identifier}".encode()).hexdigest()[:40]
+
+
+async def finish(state: GatewayState, intake: Intake, answer: StoredAnswer) -> None:
+    """Give the answer to every idempotency key still waiting on this referral, then drop the record."""
+    await asyncio.gather(
+        *(
+            complete_if_pending(state.idempotency, key, intake.parsed.referral_id, answer)
+            for key in intake.claims
+        )
+    )
+    await forget(state, intake.key)
+
+
+async def forget(state: GatewayState, key: str) -> None:
+    """Purge an intake record with its history, so listings of the pending ones stay short."""
+    await state.js.purge_stream(
+        f"KV_{_bucket_name(state.idempotency)}", subject=f"$KV.{_bucket_name(state.idempotency)}.{key}"
+    )
+
+
+# Purges run after the answer; kept referenced here so the loop does not drop them half done.
+_background: set[asyncio.Task[None]] = set()
+
+
+def forget_later(state: GatewayState, key: str) -> None:
+    """Purge the record after the answer (off the response path: a record left over is only swept)."""
+    task = asyncio.create_task(_forget_quietly(state, key))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def finish_purges() -> None:
+    """Wait for the purges still running (at shutdown: so a clean stop leaves no record to sweep)."""
+    await asyncio.gather(*_background, return_exceptions=True)
+
+
+async def _forget_quietly(state: GatewayState, key: str) -> None:
+    try:
+        await forget(state, key)
+    except Exception as error:  # the sweeper finds the record and completes it again: no loss
+        log_event(_log, "intake record not purged", logging.WARNING, key=key, error=type(error).__name__)
+
+
+async def load(state: GatewayState, referral_id: str) -> Intake | None:
+    """Return the intake record of a referral, or None when there is none (never written, or done)."""
+    try:
+        entry = await state.idempotency.get(f"{PREFIX}{referral_id}")
+    except KeyNotFoundError:
+        return None
+    return Intake.from_json(entry.value) if entry.value else None
+
+
+async def complete_stale_claim(state: GatewayState, referral_id: str) -> StoredAnswer | None:
+    """Finish the intake a dead request left behind for ``referral_id``; None if it wrote nothing."""
+    intake = await load(state, referral_id)
+    if intake is None:
+        return None
+    answer = await complete(state, intake)
+    await finish(state, intake, answer)
+    log_event(_log, "intake completed for a retry", referral_id=referral_id)
+    return answer
+
+
+async def sweep(state: GatewayState, older_than: timedelta = DEFAULT_SWEEP_AFTER) -> int:
+    """Complete every intake record older than ``older_than``; return how many were completed.
+
+    A record that cannot be read is logged and left for an operator; one that fails to complete is
+    retried by the next sweep.
+    """
+    done = 0
+    cutoff = state.clock() - older_than
+    for key in await list_bucket_keys(state.idempotency, f"{PREFIX}*"):
+        try:
+            entry = await state.idempotency.get(key)
+        except KeyNotFoundError:
+            continue  # purged or deleted since the listing
+        if not entry.value:
+            continue
+        try:
+            intake = Intake.from_json(entry.value)
+        except (ValueError, KeyError, TypeError) as error:
+            log_event(_log, "unreadable intake record", logging.ERROR, key=key, error=type(error).__name__)
+            continue
+        if intake.received_at > cutoff:
+            continue
+        try:
+            answer = await complete(state, intake)
+            await finish(state, intake, answer)
+        except Exception as error:
+            log_event(
+                _log,
+                "intake not completed; next sweep retries",
+                logging.WARNING,
+                referral_id=intake.parsed.referral_id,
+                error=type(error).__name__,
+            )
+            continue
+        log_event(_log, "orphaned intake completed", referral_id=intake.parsed.referral_id)
+        done += 1
+    return done
+
+
+async def sweep_forever(
+    state: GatewayState, every: timedelta, older_than: timedelta = DEFAULT_SWEEP_AFTER
+) -> None:
+    """Sweep at once, then every ``every``, until cancelled (the service stops)."""
+    while True:
+        try:
+            await sweep(state, older_than)
+        except Exception as error:  # NATS away: tried again next time
+            log_event(_log, "intake sweep failed", logging.WARNING, error=type(error).__name__)
+        await asyncio.sleep(every.total_seconds())
+
+
+def _bucket_name(bucket: KeyValue) -> str:
+    # nats-py keeps a bound bucket's name only in a private attribute.
+    return str(bucket._name)
