@@ -1,17 +1,25 @@
 """Routing decisions per second with capacity reservation, and the cost of the last-bed race.
 
 Against a real nats-server started here, with router processes started as production starts them
-(``python -m services.referral_router``). Assessments are published in one burst to the stream the
-router consumes; the rate is referrals routed (each a plan, a compare-and-set reservation, the stored
-Tasks and the published ReferralRouted) divided by the time from the first publish to the last
-outcome received.
+(``python -m services.referral_router``). Each phase stores the assessments (as the eligibility service
+does) before the timing, then publishes the EligibilityAssessed events in one burst to the routers,
+which are running; the rate is referrals routed (each a plan, a compare-and-set reservation, the stored
+Tasks and the published ReferralRouted) divided by the time from the first outcome received to the
+last. The load generator thus takes no CPU from the routers while they are timed (the machine has two
+cores, shared with nats-server).
 
 - uncontended, 1 process: every referral takes a place at a service with plenty of places.
 - uncontended, 3 processes: the same, three routers sharing the durable consumer.
 - last bed, 3 processes: every referral is an emergency wanting the one free bed; one gets it, the
-  others lose the compare-and-set or find no place and get the fallback.
+  others lose the compare-and-set or find no place and get the fallback (and join the waiting list).
 
 The contention cost is the last-bed rate as a ratio to the uncontended rate with the same processes.
+
+Baseline, measured in the same run on its own nats-server: the JetStream work a routing does without
+the router, a bare client making the same acknowledged writes per referral in the same steps (sequence
+claim; free count; reservation record and expiry schedule; decision; Task and its three index keys;
+the ReferralRouted publish: 10 writes in 6 steps) with as many referrals in flight as a router's lanes.
+``router_to_baseline_1_process`` is the router's rate as a share of it.
 
 - latency, 1 process: referrals published open-loop at 50/s (the pipeline benchmark's rate); the
   router's share of the POST -> webhook path is the time from publishing an assessment to receiving
@@ -27,11 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nats.js import JetStreamContext
+
+from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
+from haven.kit.ids import new_id
 from haven.kit.nats_server import free_port, start_embedded_nats
+from haven.kit.resources import KvWrite, write_all
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
-from services.referral_router.testing import assessed, publish_assessed, routed_log, start_router_process
+from services.referral_router.settings import RouterSettings
+from services.referral_router.testing import assessed, publish_assessed, start_router_process
 
 REFERRALS = 2000
 LATENCY_RATE_PER_SECOND = 50
@@ -39,6 +53,32 @@ LATENCY_REFERRALS = 300
 TARGET_PER_PROCESS = 1000.0
 LONDON = "E09000001"
 HOME = "unseen-cssw-home"
+# Referrals in flight in the baseline: as many as one router's lanes.
+BASELINE_IN_FLIGHT = RouterSettings.model_fields["router_concurrency"].default
+
+
+async def _store_assessments(js: JetStreamContext, events: list[eligibility_pb2.EligibilityAssessed]) -> None:
+    """Store every assessment in KV, as the eligibility service does before it publishes (not timed)."""
+    for chunk in range(0, len(events), 500):
+        await write_all(
+            js,
+            [
+                KvWrite(topology.BUCKET_ASSESSMENTS, e.referral_id, e.SerializeToString())
+                for e in events[chunk : chunk + 500]
+            ],
+        )
+
+
+async def _publish_burst(js: JetStreamContext, events: list[eligibility_pb2.EligibilityAssessed]) -> None:
+    """Publish every EligibilityAssessed at once (with its message id), waiting for all the acks."""
+    for chunk in range(0, len(events), 500):
+        acks = [
+            await js.publish_async(
+                topology.ELIGIBILITY_ASSESSED, e.SerializeToString(), headers={"Nats-Msg-Id": e.event_id}
+            )
+            for e in events[chunk : chunk + 500]
+        ]
+        await asyncio.wait_for(asyncio.gather(*acks), 30)
 
 
 async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> float:
@@ -53,11 +93,6 @@ async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> f
         # Seeded before the routers start, which keep a live count: plenty of places, or one bed.
         await capacity.put("free.afruca-therapy", str(10 * REFERRALS).encode())
         await capacity.put(f"free.{HOME}", b"1")
-        for index in range(processes):
-            log_file = workdir / name / f"router-{index}.log"
-            routers.append(
-                await asyncio.to_thread(start_router_process, server.url, workdir / name, log_file)
-            )
         if contended:
             events = [
                 assessed(
@@ -73,21 +108,90 @@ async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> f
                 assessed(LONDON, ["afruca"], asked=referral_pb2.SERVICE_ASKED_THERAPEUTIC_SUPPORT)
                 for _ in range(REFERRALS)
             ]
-        async with routed_log(nc) as log:
-            started = time.perf_counter()
-            for chunk in range(0, REFERRALS, 200):
-                await asyncio.gather(*(publish_assessed(nc, e) for e in events[chunk : chunk + 200]))
-            async with asyncio.timeout(300):
-                while len({e.referral_id for e in log.events}) < REFERRALS:
-                    await asyncio.sleep(0.05)
-            elapsed = time.perf_counter() - started
+        await _store_assessments(js, events)
+        for index in range(processes):
+            log_file = workdir / name / f"router-{index}.log"
+            routers.append(
+                await asyncio.to_thread(start_router_process, server.url, workdir / name, log_file)
+            )
+        arrived: dict[str, float] = {}
+
+        async def on_routed(msg: Any) -> None:
+            referral_id = routing_pb2.ReferralRouted.FromString(msg.data).referral_id
+            arrived.setdefault(referral_id, time.perf_counter())
+
+        subscription = await nc.subscribe(f"{topology.ROUTING_ROUTED_PREFIX}.>", cb=on_routed)
+        await _publish_burst(js, events)
+        async with asyncio.timeout(300):
+            while len(arrived) < REFERRALS:
+                await asyncio.sleep(0.05)
+        await subscription.unsubscribe()
         await nc.drain()
-        return REFERRALS / elapsed
+        return (REFERRALS - 1) / (max(arrived.values()) - min(arrived.values()))
     finally:
         for process in routers:
             process.terminate()
         for process in routers:
             process.wait(20)
+        server.stop()
+
+
+async def _baseline(workdir: Path) -> float:
+    """Return referrals per second a bare client makes the JetStream writes of a routing at."""
+    server = start_embedded_nats(workdir / "baseline" / "nats", port=free_port())
+    try:
+        nc = await bus.connect(server.url, "bench-baseline")
+        js = nc.jetstream()
+        await topology.ensure_topology(js)
+        value = b"x" * 600  # about a Task resource
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for _ in range(REFERRALS):
+            queue.put_nowait(new_id())
+
+        async def one(referral: str) -> None:
+            task = new_id()
+            routing, capacity, resources, index = (
+                topology.BUCKET_ROUTING,
+                topology.BUCKET_CAPACITY,
+                topology.BUCKET_RESOURCES,
+                topology.BUCKET_INDEX,
+            )
+            await write_all(js, [KvWrite(routing, f"sequence.{referral}", b"1", create=True)])
+            await write_all(js, [KvWrite(capacity, f"bench.{referral}", b"9")])
+            await write_all(
+                js,
+                [
+                    KvWrite(capacity, f"reservation.{task}", b"{}", create=True),
+                    KvWrite(capacity, f"bench-schedule.{task}", task.encode()),
+                ],
+            )
+            await write_all(js, [KvWrite(routing, f"outcome.{referral}.bench", value[:300])])
+            await write_all(
+                js,
+                [
+                    KvWrite(resources, f"Task.{task}", value, create=True),
+                    KvWrite(index, f"Task.based-on.ServiceRequest_{referral}.{task}", b""),
+                    KvWrite(index, f"Task.local-authority.{LONDON}.{task}", b""),
+                    KvWrite(index, f"Task.owner.Organization_afruca.{task}", b""),
+                ],
+            )
+            await bus.publish_event(
+                js,
+                topology.routed_subject(LONDON),
+                routing_pb2.ReferralRouted(referral_id=referral),
+                msg_id=task,
+            )
+
+        async def worker() -> None:
+            while not queue.empty():
+                await one(queue.get_nowait())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(BASELINE_IN_FLIGHT)))
+        elapsed = time.perf_counter() - started
+        await nc.drain()
+        return REFERRALS / elapsed
+    finally:
         server.stop()
 
 
@@ -140,13 +244,16 @@ async def _latency(workdir: Path) -> dict[str, float]:
 
 async def _measure() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
+        baseline = await _baseline(Path(workdir))
         one = await _phase(Path(workdir), "uncontended-1", 1, contended=False)
         three = await _phase(Path(workdir), "uncontended-3", 3, contended=False)
         race = await _phase(Path(workdir), "last-bed-3", 3, contended=True)
         latency = await _latency(Path(workdir))
     return {
         "referrals_per_phase": REFERRALS,
+        "baseline_bare_writes_per_s": round(baseline, 1),
         "routing_per_s_1_process": round(one, 1),
+        "router_to_baseline_1_process": round(one / baseline, 3),
         "routing_per_s_3_processes": round(three, 1),
         "last_bed_routing_per_s_3_processes": round(race, 1),
         "contention_ratio": round(race / three, 3),

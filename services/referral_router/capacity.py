@@ -1,9 +1,10 @@
 """Free places and waiting lists per service in JetStream KV; places taken with compare-and-set.
 
-Several router processes may run at once: a reservation writes count - 1 only if the free count is
+Several router processes may run at once: taking places writes count - k only if the free count is
 still at the revision it read; on a conflict it reads again. A reservation record per task makes a
-repeated reservation take no second place. The place is taken before the record is written, so a
-crash between the two can only lose a place (safe), never give one twice.
+repeated reservation take no second place. The place is taken before the record is written (the
+router writes the records of a routing together, after its places are taken), so a crash between the
+two can only lose a place (safe), never give one twice.
 
 A release deletes the reservation record with compare-and-set on its revision before it gives the
 place back, so of two releases of the same task (a redelivery, or a rejection racing an expiry) only
@@ -12,8 +13,10 @@ one returns the place.
 Every router keeps the free counts and the waiting lists in memory from KV watches (``follow``), so
 planning reads no KV: the counts it plans with may be a few milliseconds old, but a place is only ever
 taken by a compare-and-set at the revision last seen, and a stale revision makes it read the count
-again. Within a process the compare-and-sets on one service are serialised (one lock per service), so
-the router's own concurrent routings do not conflict with each other.
+again. Within a process the changes to one service's count are grouped: while one compare-and-set is
+in flight, the changes asked for meanwhile queue up, and the next compare-and-set applies them all at
+once (takes granted in the order asked, while places last). A process's concurrent routings thus
+neither conflict with each other nor wait one round trip each: one write serves a whole group.
 
 Keys (bucket ``haven_capacity``):
 
@@ -39,6 +42,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.kit.kv_follow import follow
+from haven.kit.resources import KvWrite
 from haven.kit.topology import BUCKET_CAPACITY
 from services.referral_router.domain import Directory
 
@@ -85,6 +89,26 @@ def _removed(entry: KeyValue.Entry) -> bool:
     return entry.operation is not None or not entry.value
 
 
+@dataclass
+class _Change:
+    """One change to a free count waiting for the next compare-and-set of its service."""
+
+    delta: int  # -1: take a place; +n: give n back
+    done: asyncio.Future[bool]  # True: applied (a take got its place); False: a take found none free
+
+
+def _settle(free: int, changes: list[_Change]) -> tuple[int, list[bool]]:
+    """Apply the changes in order to ``free``: a take gets a place while one is left; return the result."""
+    granted: list[bool] = []
+    for change in changes:
+        if change.delta < 0 and free + change.delta < 0:
+            granted.append(False)
+            continue
+        free += change.delta
+        granted.append(True)
+    return free, granted
+
+
 class CapacityLedger:
     """The free places and waiting lists of every capacity-limited service."""
 
@@ -93,6 +117,7 @@ class CapacityLedger:
         self._free: dict[str, tuple[int, int]] = {}  # service -> (free count, KV revision)
         self._stale: set[str] = set()  # services whose cached revision lost a compare-and-set
         self._locks: dict[str, asyncio.Lock] = {}
+        self._queued: dict[str, list[_Change]] = {}  # service -> changes for its next compare-and-set
         self._waiting: dict[str, dict[str, int]] = {}  # service -> referral -> revision
         self._waiting_order: dict[str, list[int]] = {}  # service -> revisions of its entries, sorted
         self._waiting_of: dict[str, set[str]] = {}  # referral -> services it waits at
@@ -234,18 +259,30 @@ class CapacityLedger:
                 counts[service_id] = int(entry.value)
         return counts
 
-    async def reserve(self, service_id: str, task_id: str) -> bool:
-        """Take one place of ``service_id`` for ``task_id``; False when none is free.
+    async def take_place(self, service_id: str) -> bool:
+        """Take one place of ``service_id`` (no record yet); False when none is free.
 
-        Repeating a reservation for the same task returns True and leaves one place taken.
+        The caller then writes ``reservation_record`` for the task, or gives the place back. A crash
+        before the record is written loses the place, which is safe: it is never given twice.
         """
-        if not await self._change_free(service_id, -1):
-            return False
-        try:
-            await self._bucket.create(_reservation_key(task_id), _encode_reservation(service_id, False))
-        except KeyWrongLastSequenceError:
-            await self._change_free(service_id, +1)  # this task holds a place already: one is enough
-        return True
+        return await self._change_free(service_id, -1)
+
+    async def give_places(self, service_id: str, count: int = 1) -> None:
+        """Give back places taken with ``take_place`` that no reservation record holds."""
+        await self._change_free(service_id, count)
+
+    def reservation_record(self, task_id: str, service_id: str) -> KvWrite:
+        """Return the write that records a place taken for a task, to send in a batch.
+
+        It is a create: when the task holds a place already (the record exists), the write is refused
+        and the caller gives back the place it just took, so a task never holds two.
+        """
+        return KvWrite(
+            str(self._bucket._name),
+            _reservation_key(task_id),
+            _encode_reservation(service_id, False),
+            create=True,
+        )
 
     async def reservation(self, task_id: str) -> Reservation | None:
         """Return the place held for the task, or None."""
@@ -307,37 +344,66 @@ class CapacityLedger:
         return True
 
     async def _add_free(self, service_id: str, delta: int) -> None:
-        await self._change_free(service_id, delta, floor=None)
+        await self._change_free(service_id, delta)
 
-    async def _change_free(self, service_id: str, delta: int, floor: int | None = 0) -> bool:
-        """Move the free count by ``delta`` with compare-and-set; False if it would go below ``floor``.
+    async def _change_free(self, service_id: str, delta: int) -> bool:
+        """Move the free count by ``delta`` with compare-and-set; False when a take finds no place.
 
-        A service without a free count has no place limit: True, nothing written. The revision comes
-        from the view when it is current, so the usual case is one round trip.
+        A service without a free count has no place limit: True, nothing written. Changes asked for
+        while a compare-and-set of the service is in flight are applied together by the next one, so
+        concurrent routings of this process share one write instead of queueing a round trip each.
         """
-        lock = self._locks.setdefault(service_id, asyncio.Lock())
-        async with lock:
+        change = _Change(delta, asyncio.get_running_loop().create_future())
+        self._queued.setdefault(service_id, []).append(change)
+        async with self._locks.setdefault(service_id, asyncio.Lock()):
+            if not change.done.done():  # no earlier group served it: lead the next one
+                await self._apply_queued(service_id, change)
+        return change.done.result()
+
+    async def _apply_queued(self, service_id: str, leader: _Change) -> None:
+        """Apply every queued change of the service with one compare-and-set (more on a conflict).
+
+        Settles each change's future, with the error when the group failed; if the leader is cancelled,
+        the others go back to the queue for the next leader.
+        """
+        changes = self._queued.pop(service_id, [])
+        try:
             for _ in range(_MAX_CAS_ATTEMPTS):
-                known = None if service_id in self._stale else self._free.get(service_id)
-                if known is None or (floor is not None and known[0] + delta < floor):
-                    # Not seen yet, lost a compare-and-set, or looks full: ask KV, not the view.
-                    try:
-                        entry = await self._bucket.get(_free_key(service_id))
-                    except KeyNotFoundError:
-                        return True  # no place limit for this service
-                    self._stale.discard(service_id)
-                    known = (int(entry.value or b"0"), entry.revision or 0)
-                    self._note_free(service_id, *known)
-                free, revision = known
-                if floor is not None and free + delta < floor:
-                    return False
-                try:
-                    written = await self._bucket.update(
-                        _free_key(service_id), str(free + delta).encode(), last=revision
-                    )
-                except KeyWrongLastSequenceError:
-                    self._stale.add(service_id)
-                    continue
-                self._note_free(service_id, free + delta, written)
+                if await self._apply_once(service_id, changes):
+                    return
+            raise RuntimeError(f"could not change the free places of {service_id}: too much contention")
+        except asyncio.CancelledError:
+            waiting = [c for c in changes if c is not leader and not c.done.done()]
+            self._queued[service_id] = waiting + self._queued.get(service_id, [])
+            raise
+        except Exception as error:
+            for change in changes:
+                if not change.done.done():
+                    change.done.set_exception(error)
+
+    async def _apply_once(self, service_id: str, changes: list[_Change]) -> bool:
+        """One compare-and-set for the group; False when another router changed the count first."""
+        known = None if service_id in self._stale else self._free.get(service_id)
+        free, granted = _settle(known[0], changes) if known is not None else (0, [])
+        if known is None or not all(granted):
+            # Not seen yet, lost a compare-and-set, or looks full: ask KV, not the view.
+            try:
+                entry = await self._bucket.get(_free_key(service_id))
+            except KeyNotFoundError:
+                for change in changes:
+                    change.done.set_result(True)  # no place limit for this service
                 return True
-        raise RuntimeError(f"could not change the free places of {service_id}: too much contention")
+            self._stale.discard(service_id)
+            known = (int(entry.value or b"0"), entry.revision or 0)
+            self._note_free(service_id, *known)
+            free, granted = _settle(known[0], changes)
+        if free != known[0]:
+            try:
+                written = await self._bucket.update(_free_key(service_id), str(free).encode(), last=known[1])
+            except KeyWrongLastSequenceError:
+                self._stale.add(service_id)
+                return False
+            self._note_free(service_id, free, written)
+        for change, ok in zip(changes, granted, strict=True):
+            change.done.set_result(ok)
+        return True

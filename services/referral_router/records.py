@@ -16,6 +16,7 @@ from __future__ import annotations
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from haven.kit.resources import KvWrite
 from haven.routing.v1 import routing_pb2
 
 _MAX_CAS_ATTEMPTS = 50
@@ -32,9 +33,11 @@ class RoutingRecords:
         value = await self._get(f"outcome.{referral_id}.{trigger}")
         return routing_pb2.ReferralRouted.FromString(value) if value else None
 
-    async def record(self, routed: routing_pb2.ReferralRouted, trigger: str) -> None:
-        """Keep the outcome decided for this trigger."""
-        await self._bucket.put(f"outcome.{routed.referral_id}.{trigger}", routed.SerializeToString())
+    def outcome_record(self, routed: routing_pb2.ReferralRouted, trigger: str) -> KvWrite:
+        """Return the write that keeps the outcome decided for this trigger (sent with ``write_all``)."""
+        return KvWrite(
+            str(self._bucket._name), f"outcome.{routed.referral_id}.{trigger}", routed.SerializeToString()
+        )
 
     async def claim_first_sequence(self, referral_id: str) -> bool:
         """Take sequence 1 if the referral was never routed; False when it has a sequence already.

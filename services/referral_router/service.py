@@ -13,6 +13,8 @@ LA's subject. Three durable consumers, each shared by every router process:
   in time is given back, the task cancelled and the child routed on (trigger RESERVATION_EXPIRED).
 
 A redelivered message republishes the outcome already decided for it instead of deciding again.
+Assessments are handled in lanes (``lanes.py``): several referrals at once, one referral's messages
+in order. What makes the writes of a routing safe to batch: docs/routing.md, "Order of writes".
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
+from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -34,7 +37,7 @@ from haven.kit.health import start_grpc_server
 from haven.kit.ids import derived_id
 from haven.kit.lifecycle import ServiceContext, start
 from haven.kit.logs import log_event
-from haven.kit.resources import ResourceStore, StoredResource
+from haven.kit.resources import ResourceStore, StoredResource, write_all
 from haven.kit.timestamps import to_timestamp
 from haven.routing.v1 import routing_pb2
 from haven.task.v1 import task_pb2
@@ -55,6 +58,7 @@ from services.referral_router.domain import (
 )
 from services.referral_router.domain.rerouting import NOT_STARTED
 from services.referral_router.expiry import ReservationExpiry
+from services.referral_router.lanes import LaneConsumer
 from services.referral_router.live_directory import LiveDirectory, seed_directory
 from services.referral_router.records import RoutingRecords
 from services.referral_router.settings import RouterSettings
@@ -98,8 +102,23 @@ _REASSESSMENTS = frozenset({eligibility_pb2.TRIGGER_FACTS_UPDATED, eligibility_p
 PlanFor = Callable[[Mapping[str, int], Mapping[str, int]], RoutingPlan]
 
 
+def _parse_assessed(data: bytes) -> eligibility_pb2.EligibilityAssessed:
+    try:
+        return eligibility_pb2.EligibilityAssessed.FromString(data)
+    except DecodeError:
+        raise bus.Unprocessable("not an EligibilityAssessed message") from None
+
+
+def assessed_referral(msg: Msg) -> str:
+    """Return the referral id of an EligibilityAssessed message ("" when it cannot be read): its lane."""
+    try:
+        return eligibility_pb2.EligibilityAssessed.FromString(msg.data).referral_id
+    except DecodeError:
+        return ""  # any lane: the handler terminates it
+
+
 class ReferralRouter:
-    """Routes referrals, one message at a time per consumer."""
+    """Routes referrals; a referral's messages are handled one at a time (see ``lanes.py``)."""
 
     def __init__(
         self,
@@ -125,7 +144,7 @@ class ReferralRouter:
 
     async def handle(self, msg: Msg) -> None:
         """Handle one EligibilityAssessed message."""
-        assessed = eligibility_pb2.EligibilityAssessed.FromString(msg.data)
+        assessed = _parse_assessed(msg.data)
         if not assessed.referral_id:
             raise bus.Unprocessable("assessment without referral id")
         trigger = f"assessed-{msg.metadata.sequence.stream}"
@@ -205,7 +224,10 @@ class ReferralRouter:
 
     async def handle_task_status(self, msg: Msg) -> None:
         """Handle one TaskStatusChanged message: keep, give back, or give back and route on."""
-        changed = task_pb2.TaskStatusChanged.FromString(msg.data)
+        try:
+            changed = task_pb2.TaskStatusChanged.FromString(msg.data)
+        except DecodeError:
+            raise bus.Unprocessable("not a TaskStatusChanged message") from None
         if not changed.task_id or not changed.referral_id:
             raise bus.Unprocessable("task status change without task or referral id")
         if changed.status in _TAKEN_ON:
@@ -338,10 +360,12 @@ class ReferralRouter:
         """Plan, take the places named, follow the waiting lists, and record the decision.
 
         A place lost to another routing makes it plan again without that service. Capacity and waiting
-        lists come from this router's view (no KV read); taking a place is one compare-and-set. Nothing
-        is visible outside the router until the caller stores the Tasks and publishes, after the
-        decision is recorded: a crash before that leaves places taken (safe, never given twice) and the
-        child's waiting-list entries, which the redelivery keeps.
+        lists come from this router's view (no KV read); places are taken by compare-and-set, grouped
+        with the process's other routings (``CapacityLedger.take_place``). Then, in this order: the
+        reservation records with their expiry schedules, then the decision. Nothing is visible outside
+        the router until the caller stores the Tasks and publishes. A crash after a place is taken and
+        before its record leaves the place taken (safe: never given twice); after the records and
+        before the decision, the expiry of each record gives its place back (its Task never exists).
         """
         now = self._clock()
         if sequence is None:
@@ -359,18 +383,21 @@ class ReferralRouter:
                 if planned.reserves_place
             ]
             if len(wanted) == 1:  # the usual case: no task to start for one round trip
-                got = [await self._ledger.reserve(*wanted[0])]
+                got = [await self._ledger.take_place(wanted[0][0])]
             else:
-                got = await asyncio.gather(*(self._ledger.reserve(s, t) for s, t in wanted))
-            taken = [task_id for (_, task_id), ok in zip(wanted, got, strict=True) if ok]
+                got = await asyncio.gather(*(self._ledger.take_place(s) for s, _ in wanted))
+            taken = [place for place, ok in zip(wanted, got, strict=True) if ok]
             lost = [service_id for (service_id, _), ok in zip(wanted, got, strict=True) if not ok]
             if not lost:
                 break
             # This round's tasks will not exist: give their places back and plan without the lost ones.
-            await asyncio.gather(*(self._ledger.release(task_id) for task_id in taken))
+            await asyncio.gather(*(self._ledger.give_places(service_id) for service_id, _ in taken))
             free.update({service_id: 0 for service_id in lost})
         else:
             raise bus.RetryLater("capacity kept changing while routing", delay=0.5)
+        if taken:
+            # First, so that any failure from here on leaves records whose expiry gives places back.
+            await self._hold(taken, now)
         if await self._follow_waiting_lists(referral_id, plan, now):
             # Positions in line as the lists now stand; the tasks do not depend on them.
             positioned = plan_for(free, self._ledger.waiting_ahead(referral_id))
@@ -378,11 +405,22 @@ class ReferralRouter:
                 routed = plan_to_proto(
                     positioned, referral_id, sequence=sequence, occurred_at=now, trigger=routing_trigger
                 )
-        await asyncio.gather(
-            *(self._expiry.schedule(task_id, now) for task_id in taken),
-            self._records.record(routed, trigger),
-        )
+        await write_all(self._js, [self._records.outcome_record(routed, trigger)])
         return routed
+
+    async def _hold(self, taken: list[tuple[str, str]], now: datetime) -> None:
+        """Record which task holds each place just taken, and when it expires, in one batch.
+
+        A task that holds a place already (its record exists) keeps that one: the place just taken for
+        it is given back.
+        """
+        records = [self._ledger.reservation_record(task_id, service_id) for service_id, task_id in taken]
+        stored = asyncio.ensure_future(write_all(self._js, records))
+        await asyncio.gather(stored, *(self._expiry.schedule(task_id, now) for _, task_id in taken))
+        revisions = stored.result()
+        for (service_id, _), revision in zip(taken, revisions, strict=True):
+            if revision is None:
+                await self._ledger.give_places(service_id)
 
     async def _follow_waiting_lists(self, referral_id: str, plan: RoutingPlan, now: datetime) -> bool:
         """Put the child on the lists the plan names and take it off the others of the categories routed.
@@ -415,7 +453,7 @@ class ReferralRouter:
         return (await self._assessment(referral_id)).facts.child_id
 
     async def _publish(self, routed: routing_pb2.ReferralRouted, child_id: str) -> None:
-        await store_tasks(self._store, routed, child_id, self._clock())
+        await store_tasks(self._store, routed, child_id, self._clock(), self._js)
         await bus.publish_event(
             self._js, topology.routed_subject(routed.local_authority_gss), routed, msg_id=routed.event_id
         )
@@ -509,13 +547,17 @@ async def run(ctx: ServiceContext, settings: RouterSettings, clock: Clock = syst
     )
     ctx.readiness.set(True)
     try:
-        # Several pull subscribers on the same durable: a process overlaps the KV round trips of
-        # several referrals; compare-and-set keeps them from giving a place twice, as across processes.
+        # Lanes: a process overlaps the KV round trips of several referrals, one referral's messages
+        # in order; compare-and-set keeps them from giving a place twice, as across processes.
+        assessments = LaneConsumer(
+            CONSUMER,
+            router.handle,
+            assessed_referral,
+            lanes=settings.router_concurrency,
+            batch=2 * settings.router_concurrency,
+        )
         await asyncio.gather(
-            *(
-                bus.consume(ctx.js, CONSUMER, router.handle, ctx.stop)
-                for _ in range(settings.router_concurrency)
-            ),
+            assessments.run(ctx.js, ctx.stop),
             bus.consume(ctx.js, TASK_CONSUMER, router.handle_task_status, ctx.stop),
             bus.consume(ctx.js, EXPIRY_CONSUMER, router.handle_expiry, ctx.stop),
             watch,

@@ -13,9 +13,9 @@ class RouterSettings(ServiceSettings):
     router_grpc_host: str = Field(default="127.0.0.1", description="gRPC health listen address")
     router_grpc_port: int = Field(default=50052, description="gRPC port of the health service")
     router_concurrency: int = Field(
-        default=8,
+        default=64,
         ge=1,
-        description="assessments handled at once per process (pull subscribers on the durable)",
+        description="assessments handled at once per process (lanes: one referral's messages in order)",
     )
     reservation_timeout_seconds: float = Field(
         default=4 * 3600.0,

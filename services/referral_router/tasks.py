@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
+
+from nats.js import JetStreamContext
 
 from haven.canonical import CS_PROGRAMME, CS_TASK_ROUTE, CS_TASK_STATUS_REASON, EXT_MANUAL_REVIEW
 from haven.kit.resources import (
     AlreadyExistsError,
+    KvWrite,
     RecordScope,
     ResourceStore,
     StoredResource,
     VersionConflictError,
+    write_all,
 )
 from haven.routing.v1 import routing_pb2
 from services.referral_router.domain import ExistingTask
@@ -62,36 +65,61 @@ def task_scope(event: routing_pb2.ReferralRouted, task: routing_pb2.RoutedTask) 
     )
 
 
+def _search_entries(event: routing_pb2.ReferralRouted, task: routing_pb2.RoutedTask) -> list[tuple[str, str]]:
+    """Return the gateway's Task searches that find this task: (parameter, value)."""
+    entries = [
+        ("based-on", f"ServiceRequest/{event.referral_id}"),
+        ("local-authority", event.local_authority_gss or "UNKNOWN"),
+    ]
+    if task.owner_organisation_id:
+        entries.append(("owner", f"Organization/{task.owner_organisation_id}"))
+    return entries
+
+
 async def store_tasks(
-    store: ResourceStore, event: routing_pb2.ReferralRouted, child_id: str, now: datetime
+    store: ResourceStore,
+    event: routing_pb2.ReferralRouted,
+    child_id: str,
+    now: datetime,
+    js: JetStreamContext | None = None,
 ) -> None:
     """Write every task of the event and its search index entries, all at once; safe to repeat.
 
     A Task that exists already was written by an earlier delivery of the same decision (its id comes
-    from the routing sequence): it is left as it is, whatever its owner did to it since. Index entries
-    are keys without a value, so writing one again changes nothing a reader sees.
+    from the routing sequence): its create is refused and it is left as it is, whatever its owner did
+    to it since. Index entries are keys without a value, so writing one again changes nothing a reader
+    sees. With ``js`` (the router) the writes go out as one batch (``write_all``), every
+    acknowledgement awaited once; without it, one awaited write each, concurrently.
     """
-    gss = event.local_authority_gss or "UNKNOWN"
-    referral = f"ServiceRequest/{event.referral_id}"
-    writes: list[Awaitable[object]] = []
+    if js is None:
+        await asyncio.gather(*(_store_task(store, event, task, child_id, now) for task in event.tasks))
+        return
+    writes: list[KvWrite] = []
     for task in event.tasks:
-        writes.append(
-            _create_task(store, task_resource(event, task, child_id, now), task_scope(event, task), now)
+        writes.append(store.creation(task_resource(event, task, child_id, now), task_scope(event, task), now))
+        writes.extend(
+            store.index_entry("Task", param, value, task.task_id)
+            for param, value in _search_entries(event, task)
         )
-        writes.append(store.add_index("Task", "based-on", referral, task.task_id))
-        writes.append(store.add_index("Task", "local-authority", gss, task.task_id))
-        if task.owner_organisation_id:
-            writes.append(
-                store.add_index("Task", "owner", f"Organization/{task.owner_organisation_id}", task.task_id)
-            )
-    await asyncio.gather(*writes)
+    if writes:
+        await write_all(js, writes)
 
 
-async def _create_task(
-    store: ResourceStore, resource: dict[str, Any], scope: RecordScope, now: datetime
+async def _store_task(
+    store: ResourceStore,
+    event: routing_pb2.ReferralRouted,
+    task: routing_pb2.RoutedTask,
+    child_id: str,
+    now: datetime,
 ) -> None:
     with contextlib.suppress(AlreadyExistsError):
-        await store.create(resource, scope, now)
+        await store.create(task_resource(event, task, child_id, now), task_scope(event, task), now)
+    await asyncio.gather(
+        *(
+            store.add_index("Task", param, value, task.task_id)
+            for param, value in _search_entries(event, task)
+        )
+    )
 
 
 # Reasons the router itself closes a task, in the task-status-reason code system (the owners' reasons

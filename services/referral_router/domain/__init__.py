@@ -31,7 +31,14 @@ from services.referral_router.domain.directory_fhir import (
     healthcare_service_to_fhir,
 )
 from services.referral_router.domain.matching import plan_routing
-from services.referral_router.domain.plan import Alternative, Fallback, PlannedTask, RoutingPlan, Unrouted
+from services.referral_router.domain.plan import (
+    Alternative,
+    Fallback,
+    PlannedTask,
+    RoutingPlan,
+    Unrouted,
+    UnroutedCode,
+)
 from services.referral_router.domain.rerouting import (
     EligibilityChangePlan,
     ExistingTask,
@@ -66,6 +73,7 @@ __all__ = [
     "TaskClosure",
     "TaskReview",
     "Unrouted",
+    "UnroutedCode",
     "Urgency",
     "assessment_from_proto",
     "directory_from_healthcare_services",

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -102,7 +103,16 @@ class HealthcareService:
 
     def covers(self, gss: str, on: date) -> bool:
         """Whether the service is active and covers the LA on the date."""
-        return self.active and any(period.covers(gss, on) for period in self.coverage)
+        return self.active and any(period.covers(gss, on) for period in self._coverage_of.get(gss, ()))
+
+    @cached_property
+    def _coverage_of(self) -> dict[str, tuple[CoveragePeriod, ...]]:
+        # Coverage by LA, built once per service: a national service lists some 350 LAs and every
+        # routing asks about one of them.
+        by_gss: dict[str, list[CoveragePeriod]] = {}
+        for period in self.coverage:
+            by_gss.setdefault(period.gss, []).append(period)
+        return {gss: tuple(periods) for gss, periods in by_gss.items()}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,14 @@ from services.referral_router.domain.fallback import (
     local_authority_must_refer_to_nrm,
     must_escalate_to_edt,
 )
-from services.referral_router.domain.plan import Alternative, Fallback, PlannedTask, RoutingPlan, Unrouted
+from services.referral_router.domain.plan import (
+    Alternative,
+    Fallback,
+    PlannedTask,
+    RoutingPlan,
+    Unrouted,
+    UnroutedCode,
+)
 from services.referral_router.domain.ranking import Candidate, rank_candidates, why_ranked_below
 
 DIRECT_WORKER = "direct-worker"
@@ -115,7 +122,9 @@ def _candidates(
     for programme_id in sorted({s.programme_id for s in services}):
         decision = assessment.decision_for(programme_id)
         if decision is None or not _routable(decision):
-            result.unrouted.append(Unrouted(programme_id, why_not_routable(decision)))
+            result.unrouted.append(
+                Unrouted(programme_id, why_not_routable(decision), UnroutedCode.NOT_ELIGIBLE)
+            )
             continue
         covering = [
             s
@@ -124,12 +133,16 @@ def _candidates(
         ]
         open_to_child = [s for s in covering if s.id not in context.excluded]
         if not open_to_child:
-            reason = (
-                f"every {programme_id} service covering {facts.local_authority_gss} has declined the referral"
-                if covering
-                else f"no {programme_id} service covers {facts.local_authority_gss} on {context.on}"
-            )
-            result.unrouted.append(Unrouted(programme_id, reason))
+            if covering:
+                reason = (
+                    f"every {programme_id} service covering {facts.local_authority_gss} has declined the "
+                    "referral"
+                )
+                code = UnroutedCode.CANDIDATES_EXHAUSTED
+            else:
+                reason = f"no {programme_id} service covers {facts.local_authority_gss} on {context.on}"
+                code = UnroutedCode.NO_SERVICE_IN_AREA
+            result.unrouted.append(Unrouted(programme_id, reason, code))
             continue
         candidates.extend(
             Candidate(
@@ -226,6 +239,14 @@ def _route_category(category: ServiceCategory, assessment: Assessment, context: 
             )
             for c in ranked
         )
+        result.unrouted.extend(
+            Unrouted(
+                programme_id,
+                f"not asked for (asked: {asked}): its services are listed as alternatives",
+                UnroutedCode.NOT_ASKED,
+            )
+            for programme_id in sorted({c.decision.programme_id for c in ranked})
+        )
         return result
     chosen = next((c for c in ranked if c.has_free_place), None)
     if chosen is not None:
@@ -246,7 +267,11 @@ def _route_category(category: ServiceCategory, assessment: Assessment, context: 
         result.waiting.extend(c.service.id for c in ranked)
         for programme_id in sorted({c.decision.programme_id for c in ranked}):
             result.unrouted.append(
-                Unrouted(programme_id, "no capacity: no covering service has a free place")
+                Unrouted(
+                    programme_id,
+                    "no capacity: no covering service has a free place",
+                    UnroutedCode.NO_CAPACITY,
+                )
             )
     return result
 
@@ -298,7 +323,11 @@ def plan_routing(
     handled = {s.programme_id for s in directory.services}
     unrouted = [u for r in results for u in r.unrouted]
     unrouted += [
-        Unrouted(d.programme_id, "no service for this programme in the directory")
+        Unrouted(
+            d.programme_id,
+            "no service for this programme in the directory",
+            UnroutedCode.NO_SERVICE_IN_AREA,  # no service anywhere, so none in the child's area
+        )
         for d in assessment.decisions
         if d.programme_id not in handled
     ]
@@ -331,7 +360,8 @@ def decide_fallback(
     )
     escalate = must_escalate_to_edt(facts, bed_planned)
     first_responder = local_authority_must_refer_to_nrm(facts)
-    unmet = tuple(sorted({u.programme_id for u in unrouted}))
+    # A programme of a kind the referral did not ask for is not an unmet need.
+    unmet = tuple(sorted({u.programme_id for u in unrouted if u.code is not UnroutedCode.NOT_ASKED}))
     return Fallback(
         escalate_to_edt=escalate,
         local_authority_first_responder=first_responder,

@@ -8,6 +8,7 @@ again when the place has gone in the meantime.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from services.referral_router.domain.directory import ServiceCategory
 
@@ -36,12 +37,23 @@ class Alternative:
     waiting_position: int = 0
 
 
+class UnroutedCode(StrEnum):
+    """Why a programme was not routed to, as a code (``routing.v1.UnroutedReason`` on the wire)."""
+
+    NOT_ELIGIBLE = "not-eligible"  # ineligible, unknown without review, or no decision
+    NO_SERVICE_IN_AREA = "no-service-in-area"  # no service of the programme covers the LA on the date
+    NO_CAPACITY = "no-capacity"  # services cover the area but none has a free place
+    NOT_ASKED = "not-asked"  # eligible and covered, but the referral asked for another kind of service
+    CANDIDATES_EXHAUSTED = "candidates-exhausted"  # every covering service declined or let it lapse
+
+
 @dataclass(frozen=True)
 class Unrouted:
-    """A programme the child was not routed to, and why."""
+    """A programme the child was not routed to, and why (in plain words and as a code)."""
 
     programme_id: str
     reason: str
+    code: UnroutedCode
 
 
 @dataclass(frozen=True)

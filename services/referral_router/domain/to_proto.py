@@ -12,12 +12,19 @@ from datetime import datetime
 from typing import Final
 
 from haven.routing.v1 import routing_pb2
-from services.referral_router.domain.plan import RoutingPlan
+from services.referral_router.domain.plan import RoutingPlan, UnroutedCode
 
 # Fixed namespaces: changing them changes every id Haven has ever issued.
 TASK_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://haven.example.org/fhir/Task")
 EVENT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://haven.example.org/events/referral-routed")
 TASK_STATUS_REQUESTED: Final = "requested"
+UNROUTED_REASONS: Final[dict[UnroutedCode, routing_pb2.UnroutedReason.ValueType]] = {
+    UnroutedCode.NOT_ELIGIBLE: routing_pb2.UNROUTED_REASON_NOT_ELIGIBLE,
+    UnroutedCode.NO_SERVICE_IN_AREA: routing_pb2.UNROUTED_REASON_NO_SERVICE_IN_AREA,
+    UnroutedCode.NO_CAPACITY: routing_pb2.UNROUTED_REASON_NO_CAPACITY,
+    UnroutedCode.NOT_ASKED: routing_pb2.UNROUTED_REASON_NOT_ASKED,
+    UnroutedCode.CANDIDATES_EXHAUSTED: routing_pb2.UNROUTED_REASON_CANDIDATES_EXHAUSTED,
+}
 
 
 def task_id_for(referral_id: str, sequence: int, service_id: str, index: int) -> str:
@@ -78,6 +85,7 @@ def plan_to_proto(
         for a in plan.alternatives
     )
     event.unrouted.extend(
-        routing_pb2.Unrouted(programme_id=u.programme_id, reason=u.reason) for u in plan.unrouted
+        routing_pb2.Unrouted(programme_id=u.programme_id, reason=u.reason, code=UNROUTED_REASONS[u.code])
+        for u in plan.unrouted
     )
     return event
