@@ -1,13 +1,16 @@
 """The eligibility service process: referrals, new facts and due re-assessments in, EligibilityAssessed out.
 
-It also answers the gRPC ``Evaluate`` what-if question, and keeps every assessed referral's next
-re-assessments scheduled in JetStream (see ``services.eligibility.scheduler`` and the README).
-Handlers translate; the rules engine in ``services.eligibility.domain`` decides.
+It also answers the gRPC ``Evaluate`` what-if question, keeps every open referral's next
+re-assessments scheduled in JetStream (see ``services.eligibility.scheduler`` and the README), raises
+``ExitApproaching`` when a pre-exit re-assessment still projects the same exit, and stops all of it
+for a referral once ``ReferralClosed`` arrives. Handlers translate; the rules engine in
+``services.eligibility.domain`` decides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
@@ -34,7 +37,8 @@ from services.eligibility.convert import (
     facts_from_proto,
 )
 from services.eligibility.domain import DEFAULT_ALERT_DAYS, Assessment, Rulebook, assess, load_rulebook
-from services.eligibility.domain.schedule import planned_reassessments
+from services.eligibility.domain.exits import ExitKind, alert_still_holds, exit_cause
+from services.eligibility.domain.schedule import PRE_EXIT_PREFIX, planned_reassessments
 from services.eligibility.scheduler import (
     SCHEDULE_STREAM,
     ReassessmentScheduler,
@@ -48,11 +52,19 @@ _log = logging.getLogger(__name__)
 CONSUMER = bus.ConsumerSpec(
     stream="HAVEN_REFERRALS",
     durable="eligibility",
-    subjects=(topology.REFERRAL_RECEIVED, topology.REFERRAL_FACTS_UPDATED),
+    subjects=(topology.REFERRAL_RECEIVED, topology.REFERRAL_FACTS_UPDATED, topology.REFERRAL_CLOSED),
 )
 REASSESSMENT_CONSUMER = bus.ConsumerSpec(
     stream=SCHEDULE_STREAM, durable="eligibility-reassessment", subjects=(topology.REASSESSMENT_DUE,)
 )
+# Suffix of the KV key (in the assessments bucket, next to the referral's latest assessment) that
+# marks a closed referral; referral ids never hold a dot, so it cannot collide with one.
+_CLOSED_SUFFIX = ".closed"
+
+
+def closed_key(referral_id: str) -> str:
+    """Return the KV key whose presence in ``haven_assessments`` says the referral is closed."""
+    return f"{referral_id}{_CLOSED_SUFFIX}"
 
 
 class EvaluateServicer(eligibility_pb2_grpc.EligibilityServiceServicer):
@@ -100,7 +112,10 @@ class ReferralAssessor:
         self._lock = asyncio.Lock()
 
     async def handle(self, msg: Msg) -> None:
-        """Handle ReferralReceived or ReferralFactsUpdated."""
+        """Handle ReferralReceived, ReferralFactsUpdated or ReferralClosed."""
+        if msg.subject == topology.REFERRAL_CLOSED:
+            await self.close(referral_pb2.ReferralClosed.FromString(msg.data))
+            return
         if msg.subject == topology.REFERRAL_RECEIVED:
             received = referral_pb2.ReferralReceived.FromString(msg.data)
             source_event_id, referral_id, facts = received.event_id, received.referral_id, received.facts
@@ -132,11 +147,18 @@ class ReferralAssessor:
                 "re-assessment fired before its date", delay=min(300.0, seconds_until(midnight, now))
             )
         async with self._lock:
-            previous, revision = await self._latest(due.referral_id)
+            # Both reads at once: the closed mark costs no extra round trip on the way.
+            closed, (previous, revision) = await asyncio.gather(
+                self._is_closed(due.referral_id), self._latest(due.referral_id)
+            )
+            if closed:
+                # A schedule that fired as the referral was closed: nothing is assessed any more.
+                log_event(_log, "re-assessment for a closed referral ignored", referral_id=due.referral_id)
+                return
             if previous is None:
                 log_event(_log, "re-assessment for an unknown referral ignored", referral_id=due.referral_id)
                 return
-            await self._assess(
+            assessment, _ = await self._assess(
                 due.referral_id,
                 due.event_id,
                 previous.facts,
@@ -144,6 +166,68 @@ class ReferralAssessor:
                 previous,
                 revision,
             )
+            await self._alert_exit(due, due_on, previous.facts, assessment)
+
+    async def _alert_exit(
+        self,
+        due: eligibility_pb2.ReassessmentDue,
+        due_on: date,
+        facts: referral_pb2.ReferralFacts,
+        assessment: Assessment,
+    ) -> None:
+        """Raise ExitApproaching when a pre-exit re-assessment still projects the exit it was planned for."""
+        if not due.reason.startswith(PRE_EXIT_PREFIX) or not due.programme_id:
+            return
+        try:
+            days = int(due.reason.removeprefix(PRE_EXIT_PREFIX))
+        except ValueError:
+            log_event(_log, "pre-exit re-assessment without a day count", referral_id=due.referral_id)
+            return
+        exit_on = due_on + timedelta(days=days)
+        # Stale (the exit moved, or the child left) or too late to warn (the exit itself is announced).
+        if exit_on <= assessment.on or not alert_still_holds(assessment, due.programme_id, due_on, days):
+            log_event(
+                _log,
+                "pre-exit alert no longer stands",
+                referral_id=due.referral_id,
+                programme_id=due.programme_id,
+                days_before_exit=days,
+            )
+            return
+        cause = exit_cause(facts_from_proto(facts), due.programme_id, exit_on, self._rulebook)
+        event = eligibility_pb2.ExitApproaching(
+            # From the schedule's own id: a redelivered ReassessmentDue raises the same event, dropped.
+            event_id=derived_id("exit-approaching", due.event_id),
+            occurred_at=to_timestamp(self._clock()),
+            referral_id=due.referral_id,
+            programme_id=due.programme_id,
+            exit_date=exit_on.isoformat(),
+            days_before_exit=days,
+            exit_kind=str(cause.kind if cause else ExitKind.OTHER),
+            exit_reason=cause.reason if cause else "",
+            facts=facts,
+        )
+        await bus.publish_event(self._js, topology.ELIGIBILITY_EXIT_APPROACHING, event, msg_id=event.event_id)
+        log_event(
+            _log,
+            "exit approaching",
+            referral_id=due.referral_id,
+            event_id=event.event_id,
+            programme_id=due.programme_id,
+            days_before_exit=days,
+            exit_kind=event.exit_kind,
+        )
+
+    async def close(self, closed: referral_pb2.ReferralClosed) -> None:
+        """Mark a referral closed and cancel its schedules: later facts and fired schedules are ignored."""
+        if not closed.referral_id or not closed.event_id:
+            raise bus.Unprocessable("ReferralClosed without referral id or event id")
+        async with self._lock:
+            # Mark first, cancel second: an assessment racing in another process re-checks the mark
+            # after it schedules (see `_assess`), so whichever runs last removes the schedules.
+            await self._assessments.put(closed_key(closed.referral_id), closed.SerializeToString())
+            await self._cancel(closed.referral_id)
+        log_event(_log, "referral closed", referral_id=closed.referral_id, event_id=closed.event_id)
 
     async def assess_and_publish(
         self,
@@ -154,11 +238,17 @@ class ReferralAssessor:
     ) -> eligibility_pb2.EligibilityAssessed | None:
         """Assess new facts on today's date; return the event published, or None when nothing changed."""
         async with self._lock:
-            previous, revision = await self._latest(referral_id)
+            closed, (previous, revision) = await asyncio.gather(
+                self._is_closed(referral_id), self._latest(referral_id)
+            )
+            if closed:
+                log_event(_log, "facts for a closed referral ignored", referral_id=referral_id)
+                return None
             if previous is not None and trigger == eligibility_pb2.TRIGGER_REFERRAL_RECEIVED:
                 # Already assessed (a redelivery, or new facts overtook it): the stored facts are as new.
                 return None
-            return await self._assess(referral_id, source_event_id, facts, trigger, previous, revision)
+            _, event = await self._assess(referral_id, source_event_id, facts, trigger, previous, revision)
+            return event
 
     async def _assess(
         self,
@@ -168,7 +258,8 @@ class ReferralAssessor:
         trigger: eligibility_pb2.Trigger.ValueType,
         previous: eligibility_pb2.EligibilityAssessed | None,
         revision: int | None,
-    ) -> eligibility_pb2.EligibilityAssessed | None:
+    ) -> tuple[Assessment, eligibility_pb2.EligibilityAssessed | None]:
+        """Assess, publish when something changed, schedule and store; return the assessment and event."""
         now = self._clock()
         assessment = assess(facts_from_proto(facts), now.date(), self._rulebook)
         decisions, age_basis = assessment_to_proto(assessment)
@@ -192,7 +283,13 @@ class ReferralAssessor:
         if publish:
             await bus.publish_event(self._js, topology.ELIGIBILITY_ASSESSED, event, msg_id=event.event_id)
         await self._schedule(referral_id, assessment)
-        await self._store(referral_id, event, revision)
+        # Closed while this was assessed (by another process)? Read after scheduling, alongside the
+        # store, so whichever of the two finishes last removes the schedules.
+        closed, _ = await asyncio.gather(
+            self._is_closed(referral_id), self._store(referral_id, event, revision)
+        )
+        if closed:
+            await self._cancel(referral_id)
         log_event(
             _log,
             "eligibility assessed",
@@ -202,7 +299,20 @@ class ReferralAssessor:
             published=publish,
             changed=list(event.changed_programmes),
         )
-        return event if publish else None
+        return assessment, event if publish else None
+
+    async def _is_closed(self, referral_id: str) -> bool:
+        try:
+            await self._assessments.get(closed_key(referral_id))
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def _cancel(self, referral_id: str) -> None:
+        if self._scheduler is None:
+            return
+        with contextlib.suppress(UnschedulableReferralError):  # such a referral never had a schedule
+            await self._scheduler.cancel(referral_id)
 
     async def _schedule(self, referral_id: str, assessment: Assessment) -> None:
         if self._scheduler is None:

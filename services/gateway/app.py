@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from haven.kit.http_tracing import TracingMiddleware
 from services.gateway import (
+    closures,
     directory_routes,
     eligibility_ops,
     notification_routes,
@@ -89,6 +90,7 @@ def create_app(state: GatewayState) -> FastAPI:
         notification_routes,
         observations,
         directory_routes,
+        closures,
     ):
         app.include_router(module.router)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -43,14 +44,22 @@ def _interaction(method: str, rest: str | None) -> str | None:
     return None
 
 
+def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+    """Yield every APIRoute, also those of included routers (FastAPI keeps those as one route each)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            # The gateway includes its routers without a prefix, so their paths are the served paths.
+            yield from _api_routes(included.routes)
+
+
 def capability_statement(app: FastAPI, base_url: str, software_version: str) -> dict[str, Any]:
     """Return the CapabilityStatement for every FHIR route of ``app``."""
     interactions: dict[str, set[str]] = defaultdict(set)
     operations: set[str] = set()
     system: set[str] = set()
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
+    for route in _api_routes(app.routes):
         for method in sorted(route.methods or ()):
             if route.path == "/fhir" and method == "POST":
                 system.add("transaction")

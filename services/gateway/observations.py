@@ -6,13 +6,21 @@ whether the Observation is valid and what it changes. Then, in this order: the O
 stored with the referral's scope, the referral's facts are replaced in KV by compare-and-set (so two
 Observations posted at once both count), ``ReferralFactsUpdated`` is published (the eligibility
 service re-assesses at once), and the creation is audited. Only then does the caller get 201.
+
+A ``responsible-local-authority`` Observation moves the referral to another local authority (the
+responsible LA, the referrer or an operator may post it). Access follows the stored scope of each
+record, so the move re-scopes them (docs/adr/0007): the Patient, the Observations and the Tasks
+first, then ``ReferralFactsUpdated``, and the ServiceRequest last. Until the ServiceRequest moves the
+old LA can still post, so a retry after a crash part-way finishes the move: any Observation whose
+facts name another LA than the ServiceRequest's scope completes it. A closed referral takes no facts.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,6 +33,7 @@ from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
 from haven.kit.ids import derived_id, new_id
 from haven.kit.logs import log_event
+from haven.kit.resources import RecordScope, StoredResource, VersionConflictError
 from haven.kit.timestamps import to_timestamp
 from haven.organisations import Role
 from haven.referral.v1 import referral_pb2
@@ -32,15 +41,22 @@ from services.gateway.audit_log import patient_of, record_audit
 from services.gateway.auth import CurrentPrincipal, State, require_role
 from services.gateway.body import read_json_body
 from services.gateway.errors import api_error, fhir_response
-from services.gateway.fhir import IssueType
-from services.gateway.fhir.observation import facts_from_observation, referral_id_from_observation
+from services.gateway.fhir import IssueType, profile
+from services.gateway.fhir.observation import (
+    facts_from_observation,
+    referral_id_from_observation,
+    states_fact,
+)
 from services.gateway.reads import read_visible
+from services.gateway.security.access import can_move_local_authority
 from services.gateway.state import GatewayState
 
 router = APIRouter()
 _log = logging.getLogger(__name__)
 # Compare-and-set attempts when other facts about the same referral arrive at the same moment.
 _FACT_WRITE_ATTEMPTS = 5
+# Compare-and-set attempts to re-scope one record that its owner (the router, a provider) is writing.
+_SCOPE_WRITE_ATTEMPTS = 10
 
 
 async def facts_bucket(js: JetStreamContext) -> KeyValue:
@@ -79,20 +95,42 @@ async def current_facts(
 @router.post("/fhir/Observation", summary="Post a new fact about a referred child")
 async def post_observation(request: Request, principal: CurrentPrincipal, state: State) -> JSONResponse:
     """Record one Observation about a referral the caller may see; 201 once it is stored and announced."""
-    require_role(principal, Role.REFERRER, Role.LA_PLATFORM)
+    require_role(principal, Role.REFERRER, Role.LA_PLATFORM, Role.OPERATOR)
     body = await read_json_body(request, state.settings.max_body_bytes)
+    moving = states_fact(body, profile.FACT_RESPONSIBLE_LOCAL_AUTHORITY)
+    if not moving:
+        # Operators post no facts about a child, but may move a referral whose area is wrong.
+        require_role(principal, Role.REFERRER, Role.LA_PLATFORM)
     referral_id = referral_id_from_observation(body)
     referral = await read_visible(state, principal, "ServiceRequest", referral_id)
+    if moving and not can_move_local_authority(principal, referral.scope):
+        raise api_error(
+            403,
+            IssueType.FORBIDDEN,
+            "only the responsible local authority, the referrer "
+            "or an operator may move a referral to another local authority",
+        )
+    if referral.resource.get("status", "active") != "active":
+        raise api_error(
+            409,
+            IssueType.BUSINESS_RULE,
+            f"ServiceRequest/{referral_id} is {referral.resource.get('status')}: a closed referral "
+            "takes no new facts",
+            "Observation.basedOn",
+        )
     now = state.clock()
     facts, revision = await current_facts(state, referral_id)
     updated, changed = facts_from_observation(body, facts, today=now.date())
 
+    area = updated.local_authority_gss or referral.scope.local_authority_gss
     resource = _observation_resource(body, new_id(), facts.child_id)
-    stored = await state.store.create(resource, referral.scope, now)
+    stored = await state.store.create(resource, _in_area(referral, area), now)
     await state.store.add_index(
         "Observation", "based-on", f"ServiceRequest/{referral_id}", stored.resource["id"]
     )
     updated, changed = await _save_facts(state, referral_id, body, updated, changed, revision, now.date())
+    area = updated.local_authority_gss or referral.scope.local_authority_gss
+    moved = await _move_records(state, referral, area, now) if area != _area(referral) else []
 
     # Published even when nothing changed: a client retrying after a failure here must still get the
     # facts re-assessed, and the eligibility service announces only decisions that changed.
@@ -104,9 +142,16 @@ async def post_observation(request: Request, principal: CurrentPrincipal, state:
         changed_facts=changed,
     )
     await bus.publish_event(state.js, topology.REFERRAL_FACTS_UPDATED, event, msg_id=event.event_id)
+    if area != _area(referral):
+        # Last: until the ServiceRequest moves, whoever posted can retry and finish the move.
+        moved.append(await _move_service_request(state, referral, area, now))
     await record_audit(
         state, principal, "C", [stored.reference], request, purpose="COC", patient=patient_of(stored.resource)
     )
+    if moved:
+        await record_audit(
+            state, principal, "U", moved, request, purpose="COC", patient=patient_of(stored.resource)
+        )
     log_event(
         _log,
         "facts recorded",
@@ -114,6 +159,7 @@ async def post_observation(request: Request, principal: CurrentPrincipal, state:
         observation_id=stored.resource["id"],
         changed_facts=changed,
         organisation=principal.organisation_id,
+        moved_records=len(moved),
     )
     return fhir_response(
         stored.resource, 201, {"Location": stored.reference, "ETag": f'W/"{stored.version}"'}
@@ -152,4 +198,80 @@ async def _save_facts(
             updated, changed = facts_from_observation(body, facts, today=today)
     raise api_error(
         409, IssueType.CONFLICT, "the referral's facts kept changing while recording this one; retry"
+    )
+
+
+def _area(record: StoredResource) -> str:
+    return record.scope.local_authority_gss
+
+
+def _in_area(record: StoredResource, gss: str) -> RecordScope:
+    """Return the record's scope with `gss` as the responsible local authority."""
+    return dataclasses.replace(record.scope, local_authority_gss=gss)
+
+
+async def _move_records(state: GatewayState, referral: StoredResource, gss: str, now: datetime) -> list[str]:
+    """Give the referral's Patient, Observations and Tasks the new local authority; return those moved.
+
+    The ServiceRequest itself is moved by the caller, last. The Patient moves only from the
+    referral's old authority: a Patient first referred elsewhere keeps the scope it has.
+    """
+    reference = f"ServiceRequest/{referral.resource['id']}"
+    records = [
+        *await state.store.search("Observation", "based-on", reference),
+        *await state.store.search("Task", "based-on", reference),
+    ]
+    patient = patient_of(referral.resource)
+    if patient is not None:
+        found = await state.store.read("Patient", patient.removeprefix("Patient/"))
+        if found is not None and _area(found) in (_area(referral), gss):
+            records.insert(0, found)
+    moved = []
+    for record in records:
+        if _area(record) == gss:
+            continue  # already moved (a retry), or posted after the move began
+        await _rescope(state, record, gss, now)
+        moved.append(record.reference)
+        if record.resource["resourceType"] == "Task":
+            # The LA's "all my tasks" search walks this index; the old entry is filtered out by scope.
+            await state.store.add_index("Task", "local-authority", gss, str(record.resource["id"]))
+    return moved
+
+
+async def _rescope(state: GatewayState, record: StoredResource, gss: str, now: datetime) -> StoredResource:
+    """Write `record` with the new authority in its scope, re-reading it when its owner wrote meanwhile."""
+    current: StoredResource | None = record
+    for _ in range(_SCOPE_WRITE_ATTEMPTS):
+        if current is None or _area(current) == gss:
+            return current or record
+        try:
+            return await state.store.update(
+                current.resource, _in_area(current, gss), now, expected_version=current.version
+            )
+        except VersionConflictError:
+            current = await state.store.read(record.resource["resourceType"], str(record.resource["id"]))
+    raise api_error(
+        409, IssueType.CONFLICT, f"{record.reference} kept changing while it was moved; post the move again"
+    )
+
+
+async def _move_service_request(
+    state: GatewayState, referral: StoredResource, gss: str, now: datetime
+) -> str:
+    """Move the ServiceRequest: its responsible-local-authority extension and its scope, together."""
+    current: StoredResource | None = referral
+    for _ in range(_SCOPE_WRITE_ATTEMPTS):
+        if current is None:
+            break
+        resource = copy.deepcopy(current.resource)
+        for extension in resource.get("extension", []):
+            if extension.get("url") == profile.EXT_RESPONSIBLE_LOCAL_AUTHORITY:
+                extension["valueIdentifier"] = {"system": profile.ONS_GSS, "value": gss}
+        try:
+            await state.store.update(resource, _in_area(current, gss), now, expected_version=current.version)
+            return referral.reference
+        except VersionConflictError:
+            current = await state.store.read("ServiceRequest", str(referral.resource["id"]))
+    raise api_error(
+        409, IssueType.CONFLICT, f"{referral.reference} kept changing while it was moved; post the move again"
     )

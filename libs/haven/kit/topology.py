@@ -15,6 +15,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 # Subjects, one message type each.
 REFERRAL_RECEIVED = "haven.referral.v1.received"  # ReferralReceived
 REFERRAL_FACTS_UPDATED = "haven.referral.v1.facts-updated"  # ReferralFactsUpdated
+REFERRAL_CLOSED = "haven.referral.v1.closed"  # ReferralClosed
 ELIGIBILITY_ASSESSED = "haven.eligibility.v1.assessed"  # EligibilityAssessed
 REASSESSMENT_DUE = "haven.eligibility.v1.reassessment-due"  # ReassessmentDue (scheduled)
 ELIGIBILITY_EXIT_APPROACHING = "haven.eligibility.v1.exit-approaching"  # ExitApproaching
@@ -23,6 +24,12 @@ ROUTING_ROUTED_PREFIX = "haven.routing.v1.routed"  # ReferralRouted, + ".<GSS co
 NOTIFICATION_REQUESTED = "haven.notification.v1.requested"  # NotificationRequested
 NOTIFICATION_DELIVERED = "haven.notification.v1.delivered"  # NotificationDelivered
 NOTIFICATION_DEAD_LETTER = "haven.notification.v1.dead-lettered"  # NotificationRequested
+# Notifications to a local authority's platform over NATS: "<prefix>.<GSS>.notification.<event type>",
+# body: the LA's projection (canonical JSON), signed like a rest-hook. Only that LA may read them.
+PARTNER_PREFIX = "haven.partner.v1"
+PARTNER_STREAM = "HAVEN_PARTNER"
+# How long a platform that was offline can catch up (its durable consumer reads the backlog).
+PARTNER_RETENTION_SECONDS = 14 * 24 * 3600.0
 AUDIT_RECORDED = "haven.audit.v1.recorded"  # FHIR AuditEvent JSON
 # Reservation expiry: one JetStream message schedule per task ("<prefix>.<task id>", body: the task id)
 # fires the task id onto RESERVATION_EXPIRED when the provider has not accepted in time.
@@ -41,6 +48,21 @@ def routed_subject(local_authority_gss: str) -> str:
     return f"{ROUTING_ROUTED_PREFIX}.{local_authority_gss or 'UNKNOWN'}"
 
 
+def partner_subject(local_authority_gss: str, event_type: str) -> str:
+    """Return the subject of one notification to an LA platform: it names that LA and nothing else."""
+    return f"{PARTNER_PREFIX}.{local_authority_gss}.notification.{event_type}"
+
+
+def partner_subjects(local_authority_gss: str) -> str:
+    """Return the subject filter of every notification to one LA platform (its permission and consumer)."""
+    return f"{PARTNER_PREFIX}.{local_authority_gss}.notification.>"
+
+
+def partner_consumer(organisation_id: str) -> str:
+    """Return the durable consumer an LA platform reads its backlog from (created by the notifier)."""
+    return f"partner-{organisation_id}"
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     """A stream and the subjects it holds."""
@@ -48,10 +70,11 @@ class StreamSpec:
     name: str
     subjects: tuple[str, ...]
     allow_msg_schedules: bool = False  # holds JetStream message schedules (Nats-Schedule headers)
+    max_age_seconds: float | None = None  # None: kept until removed
 
 
 STREAMS = (
-    StreamSpec("HAVEN_REFERRALS", (REFERRAL_RECEIVED, REFERRAL_FACTS_UPDATED)),
+    StreamSpec("HAVEN_REFERRALS", (REFERRAL_RECEIVED, REFERRAL_FACTS_UPDATED, REFERRAL_CLOSED)),
     StreamSpec("HAVEN_ELIGIBILITY", (ELIGIBILITY_ASSESSED, ELIGIBILITY_EXIT_APPROACHING)),
     StreamSpec("HAVEN_TASKS", (TASK_STATUS_CHANGED,)),
     StreamSpec("HAVEN_ROUTING", (f"{ROUTING_ROUTED_PREFIX}.*",)),
@@ -59,6 +82,10 @@ STREAMS = (
     StreamSpec("HAVEN_DELIVERIES", (NOTIFICATION_DELIVERED,)),
     StreamSpec("HAVEN_DEAD_LETTERS", (NOTIFICATION_DEAD_LETTER,)),
     StreamSpec("HAVEN_AUDIT", (AUDIT_RECORDED,)),
+    # Payloads for partners: kept only for the catch-up window, not for ever.
+    StreamSpec(
+        PARTNER_STREAM, (f"{PARTNER_PREFIX}.*.notification.*",), max_age_seconds=PARTNER_RETENTION_SECONDS
+    ),
     StreamSpec(
         "HAVEN_ROUTER_SCHEDULES",
         (f"{RESERVATION_EXPIRY_PREFIX}.*", RESERVATION_EXPIRED),
@@ -106,6 +133,7 @@ async def ensure_topology(js: JetStreamContext) -> None:
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
             allow_msg_schedules=spec.allow_msg_schedules or None,
+            max_age=spec.max_age_seconds,
         )
         try:
             await js.stream_info(spec.name)

@@ -147,26 +147,33 @@ def _read_local_authority(request: dict[str, Any], at: str, checks: Checks, fact
         checks.add(IssueType.VALUE, f"{where}.system", f"The identifier system must be {p.ONS_GSS}.")
         return
     code = str(identifier.get("value", ""))
+    if _is_children_services_authority(code, f"{where}.value", checks):
+        facts.local_authority_gss = code
+
+
+def _is_children_services_authority(code: str, where: str, checks: Checks) -> bool:
+    """Return whether `code` is the GSS code of a local authority with children's services; else say why."""
     if not is_well_formed_gss_code(code):
         checks.add(
             IssueType.VALUE,
-            f"{where}.value",
+            where,
             f"'{code}' is not a local-authority GSS code: E06, E08, E09, E10 or W06 and six digits.",
         )
     elif code.startswith(SHIRE_DISTRICT_PREFIX):
         checks.add(
             IssueType.VALUE,
-            f"{where}.value",
+            where,
             f"{code} is a district council, which has no children's services; give the county (E10) code.",
         )
     elif not is_known_local_authority(code):
         checks.add(
             IssueType.CODE_INVALID,
-            f"{where}.value",
+            where,
             f"{code} is not a local authority with children's services in England or Wales.",
         )
     else:
-        facts.local_authority_gss = code
+        return True
+    return False
 
 
 def _referrer_identifier(request: dict[str, Any], at: str, checks: Checks) -> str | None:
@@ -204,9 +211,27 @@ def observation_fact(observation: dict[str, Any], at: str, checks: Checks) -> st
 
 
 def read_observation(
-    observation: dict[str, Any], fact: str, at: str, checks: Checks, facts: pb.ReferralFacts
+    observation: dict[str, Any],
+    fact: str,
+    at: str,
+    checks: Checks,
+    facts: pb.ReferralFacts,
+    *,
+    later: bool = False,
 ) -> None:
-    """Write the fact one Observation states into `facts` (repeatable facts are added to)."""
+    """Write the fact one Observation states into `facts` (repeatable facts are added to).
+
+    `later` is True for an Observation posted on its own after the referral; some facts
+    (`profile.LATER_ONLY_FACTS`) are refused inside a referral Bundle.
+    """
+    if fact in p.LATER_ONLY_FACTS and not later:
+        checks.add(
+            IssueType.INVALID,
+            f"{at}.code",
+            f"'{fact}' is posted later, on its own (POST /fhir/Observation); in a referral Bundle "
+            "give the responsible local authority on the ServiceRequest.",
+        )
+        return
     if fact == p.FACT_DATE_OF_BIRTH:
         _read_date_of_birth(observation, at, checks, facts)
     elif fact == p.FACT_TRAFFICKING_CONCERN:
@@ -229,6 +254,36 @@ def read_observation(
         facts.parental_responsibility_in_uk = _answer(observation, at, checks)
     elif fact == p.FACT_MISSING_EPISODE:
         _read_missing_episode(observation, at, checks, facts)
+    elif fact == p.FACT_RESPONSIBLE_LOCAL_AUTHORITY:
+        _read_local_authority_move(observation, at, checks, facts)
+
+
+def _read_local_authority_move(
+    observation: dict[str, Any], at: str, checks: Checks, facts: pb.ReferralFacts
+) -> None:
+    where = f"{at}.valueCodeableConcept"
+    concept = observation.get("valueCodeableConcept")
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        checks.add(
+            IssueType.REQUIRED,
+            where,
+            f"A {p.FACT_RESPONSIBLE_LOCAL_AUTHORITY} needs valueCodeableConcept with a coding "
+            f"(system {p.ONS_GSS}, code the new local authority's GSS code, e.g. E08000035).",
+        )
+        return
+    found = [(i, c) for i, c in enumerate(codings) if isinstance(c, dict) and c.get("system") == p.ONS_GSS]
+    if len(found) != 1:
+        checks.add(
+            IssueType.CODE_INVALID,
+            f"{where}.coding",
+            f"Give exactly one coding with system {p.ONS_GSS}: the new local authority's GSS code.",
+        )
+        return
+    index, coding = found[0]
+    code = str(coding.get("code", ""))
+    if _is_children_services_authority(code, f"{where}.coding[{index}].code", checks):
+        facts.local_authority_gss = code
 
 
 def _value_code(

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from haven.referral.v1 import referral_pb2 as pb
 
 from . import facts as read
+from . import profile as p
 from .checks import Checks
 from .issues import FhirInputError, Issue, IssueType, issues_from_validation_error
 
@@ -45,6 +46,18 @@ def referral_id_from_observation(observation: Any) -> str:
             ]
         )
     return str(references[0].removeprefix(_SERVICE_REQUEST))
+
+
+def states_fact(observation: Any, fact: str) -> bool:
+    """Return whether an Observation's code names `fact` in the referral-fact code system (unchecked)."""
+    concept = observation.get("code") if isinstance(observation, dict) else None
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        return False
+    return any(
+        isinstance(c, dict) and c.get("system") == p.CS_REFERRAL_FACT and c.get("code") == fact
+        for c in codings
+    )
 
 
 def facts_from_observation(
@@ -81,7 +94,7 @@ def facts_from_observation(
     updated.CopyFrom(facts)
     fact = read.observation_fact(observation, _ROOT, checks)
     if fact is not None:
-        read.read_observation(observation, fact, _ROOT, checks, updated)
+        read.read_observation(observation, fact, _ROOT, checks, updated, later=True)
     if checks.issues:
         raise FhirInputError(checks.issues)
     fields = pb.ReferralFacts.DESCRIPTOR.fields

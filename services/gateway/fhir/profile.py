@@ -151,6 +151,10 @@ FACT_NRM_STATUS: Final = "nrm-status"
 FACT_ASYLUM_APPLICATION: Final = "asylum-application"
 FACT_PARENTAL_RESPONSIBILITY_IN_UK: Final = "parental-responsibility-in-uk"
 FACT_MISSING_EPISODE: Final = "missing-episode"
+# A change of responsible local authority (the child moved): valueCodeableConcept with one ONS_GSS
+# coding, the new authority's GSS code. Only posted later, never in a referral Bundle, which names the
+# authority once on the ServiceRequest.
+FACT_RESPONSIBLE_LOCAL_AUTHORITY: Final = "responsible-local-authority"
 REFERRAL_FACTS: Final = (
     FACT_DATE_OF_BIRTH,
     FACT_TRAFFICKING_CONCERN,
@@ -160,6 +164,9 @@ REFERRAL_FACTS: Final = (
     FACT_ASYLUM_APPLICATION,
     FACT_PARENTAL_RESPONSIBILITY_IN_UK,
     FACT_MISSING_EPISODE,
+    FACT_RESPONSIBLE_LOCAL_AUTHORITY,
 )
+# Facts only `POST /fhir/Observation` may state: a referral Bundle states them elsewhere.
+LATER_ONLY_FACTS: Final = frozenset({FACT_RESPONSIBLE_LOCAL_AUTHORITY})
 # Facts that may be stated more than once in one Bundle; any other fact stated twice is a conflict.
 REPEATABLE_FACTS: Final = frozenset({FACT_DATE_OF_BIRTH, FACT_EXPLOITATION_TYPE})

@@ -13,6 +13,11 @@ applied to one record, so a search and a read can never disagree. Anything not g
 | operator    | all                     | no    | no          | no            | read  | no        | pipeline |
 | admin       | all                     | no    | no          | any           | read  | yes       | full     |
 
+Moving a referral to another local authority (`can_move_local_authority`): the responsible LA
+platform, the referrer and operators. Closing a referral (`can_close_referral`): the responsible LA
+platform and operators. A move re-scopes the referral's records, so the new LA reads them and the
+old one no longer does (docs/adr/0007-a-move-of-local-authority-re-scopes-the-records.md).
+
 "refer": POST a referral Bundle. "its own" Task: the caller's organisation is among the task's
 owners. Reads by operator and admin are always audited (`must_audit`), as is every create, update,
 delete and operation.
@@ -139,6 +144,28 @@ def can_search(principal: Principal, resource_type: str) -> bool:
 def can_create_referral(principal: Principal) -> bool:
     """Return whether `principal` may POST a referral Bundle (police, EDT, an LA acting as referrer)."""
     return principal.role is Role.REFERRER
+
+
+def can_move_local_authority(principal: Principal, referral_scope: ScopeLike) -> bool:
+    """Return whether `principal` may move a referral to another local authority.
+
+    The responsible local authority hands the child over, the referrer may correct where it sent the
+    referral, and operators fix what partners cannot; providers never change who is responsible.
+    """
+    if principal.role not in (Role.LA_PLATFORM, Role.REFERRER, Role.OPERATOR):
+        return False
+    return can_read(principal, referral_scope)
+
+
+def can_close_referral(principal: Principal, referral_scope: ScopeLike) -> bool:
+    """Return whether `principal` may close a referral (completed or revoked).
+
+    The responsible local authority decides the child's case is over; operators close what is stuck
+    or sent in error. A referrer's part ends with the referral, a provider's with its Task.
+    """
+    if principal.role not in (Role.LA_PLATFORM, Role.OPERATOR):
+        return False
+    return can_read(principal, referral_scope)
 
 
 def can_update_task(principal: Principal, task_scope: ScopeLike) -> bool:

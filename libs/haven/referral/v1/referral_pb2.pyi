@@ -351,6 +351,30 @@ SERVICE_ASKED_SPECIALIST_ACCOMMODATION: ServiceAsked.ValueType  # 4
 """A bed in specialist accommodation."""
 Global___ServiceAsked: _TypeAlias = ServiceAsked  # noqa: Y015
 
+class _ReferralClosure:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReferralClosureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReferralClosure.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REFERRAL_CLOSURE_UNSPECIFIED: _ReferralClosure.ValueType  # 0
+    """Not stated."""
+    REFERRAL_CLOSURE_COMPLETED: _ReferralClosure.ValueType  # 1
+    """The work asked for is done (ServiceRequest.status "completed")."""
+    REFERRAL_CLOSURE_REVOKED: _ReferralClosure.ValueType  # 2
+    """The referral is withdrawn or no longer needed (ServiceRequest.status "revoked")."""
+
+class ReferralClosure(_ReferralClosure, metaclass=_ReferralClosureEnumTypeWrapper):
+    """How a referral was closed (FHIR ServiceRequest.status)."""
+
+REFERRAL_CLOSURE_UNSPECIFIED: ReferralClosure.ValueType  # 0
+"""Not stated."""
+REFERRAL_CLOSURE_COMPLETED: ReferralClosure.ValueType  # 1
+"""The work asked for is done (ServiceRequest.status "completed")."""
+REFERRAL_CLOSURE_REVOKED: ReferralClosure.ValueType  # 2
+"""The referral is withdrawn or no longer needed (ServiceRequest.status "revoked")."""
+Global___ReferralClosure: _TypeAlias = ReferralClosure  # noqa: Y015
+
 @_typing.final
 class DateOfBirthStatement(_message.Message):
     """One statement of the child's date of birth and how it is known."""
@@ -614,3 +638,53 @@ class ReferralFactsUpdated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReferralFactsUpdated: _TypeAlias = ReferralFactsUpdated  # noqa: Y015
+
+@_typing.final
+class ReferralClosed(_message.Message):
+    """The responsible local authority or an operator closed a referral: nothing about it is assessed,
+    scheduled or routed any more.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    CLOSURE_FIELD_NUMBER: _builtins.int
+    LOCAL_AUTHORITY_GSS_FIELD_NUMBER: _builtins.int
+    REFERRER_ORGANISATION_ID_FIELD_NUMBER: _builtins.int
+    CLOSED_BY_ORGANISATION_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; derived from the referral and the closing version, so it is raised once."""
+    referral_id: _builtins.str
+    """The FHIR ServiceRequest id of the referral."""
+    closure: Global___ReferralClosure.ValueType
+    """Completed or revoked."""
+    local_authority_gss: _builtins.str
+    """ONS GSS code of the local authority responsible when it was closed (routing events' area)."""
+    referrer_organisation_id: _builtins.str
+    """Haven organisation id of the referrer."""
+    closed_by_organisation_id: _builtins.str
+    """Haven organisation id of whoever closed it (the local authority, or the operator)."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the referral was closed."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        referral_id: _builtins.str = ...,
+        closure: Global___ReferralClosure.ValueType = ...,
+        local_authority_gss: _builtins.str = ...,
+        referrer_organisation_id: _builtins.str = ...,
+        closed_by_organisation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_by_organisation_id", b"closed_by_organisation_id", "closure", b"closure", "event_id", b"event_id", "local_authority_gss", b"local_authority_gss", "occurred_at", b"occurred_at", "referral_id", b"referral_id", "referrer_organisation_id", b"referrer_organisation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferralClosed: _TypeAlias = ReferralClosed  # noqa: Y015
