@@ -40,7 +40,11 @@ def add_months(start: date, months: int) -> date:
 def age_in_months(date_of_birth: date, on: date) -> int:
     """Return the child's exact age on `on` in whole months (17 years 6 months = 210)."""
     months = (on.year - date_of_birth.year) * 12 + on.month - date_of_birth.month
-    if months > 0 and add_months(date_of_birth, months) > on:
+    # The `months` anniversary falls in the month of `on`: on the birth day, or rolled forward to the
+    # next month when that day does not exist (then the birth day is past every day of the month).
+    # Either way it is after `on` exactly when the birth day is: no date needs building (one fewer
+    # per new date of birth, whose age in words every age rule's inputs show).
+    if months > 0 and date_of_birth.day > on.day:
         months -= 1
     return months
 
@@ -81,6 +85,8 @@ def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis
                 _SINGLE_STATEMENTS.clear()
             settled = _SINGLE_STATEMENTS[key] = AgeBasis(only.date, only.basis, False, (only,))
         return settled
+    if isinstance(statements, frozenset) and len(statements) == 2:  # a claim and an assessment, say
+        return _settle_two(*statements)
     kept = tuple(sorted(statements, key=lambda s: (-_BASIS_RANK[s.basis], s.date)))
     if not kept:
         return AgeBasis(None, DateOfBirthBasis.UNSPECIFIED, False, ())
@@ -88,3 +94,15 @@ def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis
     chosen = max(s.date for s in kept if _BASIS_RANK[s.basis] == best_rank)
     disputed = len({s.date for s in kept}) > 1
     return AgeBasis(chosen, kept[0].basis, disputed, kept)
+
+
+def _settle_two(first: DateOfBirthStatement, second: DateOfBirthStatement) -> AgeBasis:
+    """Settle two statements as the general rule does, without sorting (a fifth of children have two)."""
+    first_rank, second_rank = _BASIS_RANK[first.basis], _BASIS_RANK[second.basis]
+    # The order the general rule sorts in: best basis first, then earlier date. Two different
+    # statements never tie (a set holds each statement once).
+    if (-second_rank, second.date) < (-first_rank, first.date):
+        first, second, first_rank, second_rank = second, first, second_rank, first_rank
+    # Same basis: the later date wins, and `second` is the later one.
+    chosen = second.date if second_rank == first_rank else first.date
+    return AgeBasis(chosen, first.basis, first.date != second.date, (first, second))

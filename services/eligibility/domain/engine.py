@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from functools import partial
 from operator import attrgetter, itemgetter
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from services.eligibility.domain.age import AgeBasis, settle_date_of_birth
 from services.eligibility.domain.facts import ChildFacts
@@ -22,8 +23,10 @@ from services.eligibility.domain.predicates import (
     AgePredicate,
     Context,
     Inputs,
+    Predicate,
     RuleResult,
     StaticPredicate,
+    Verdict,
     WindowPredicate,
     passes,
 )
@@ -131,10 +134,18 @@ def evaluate_rule(rule: Rule, ctx: Context) -> RuleEvaluation:
 
 
 def _evaluate(rule: Rule, ctx: Context) -> RuleEvaluation:
-    verdict = rule.predicate(ctx)
-    if verdict.result is UNKNOWN and rule.if_missing is not None:
-        return RuleEvaluation(rule, rule.if_missing, verdict.inputs, (), verdict.next_change)
-    return RuleEvaluation(rule, verdict.result, verdict.inputs, verdict.missing, verdict.next_change)
+    return _judged(rule, rule.predicate(ctx))
+
+
+# Named tuples made without their generated __new__ (a Python function): tens are made per new child.
+_new_evaluation = cast(Callable[[tuple[object, ...]], RuleEvaluation], partial(tuple.__new__, RuleEvaluation))
+
+
+def _judged(rule: Rule, verdict: Verdict) -> RuleEvaluation:
+    """Return the rule's evaluation from its predicate's verdict (`if_missing` applied)."""
+    if verdict[0] is UNKNOWN and rule.if_missing is not None:
+        return _new_evaluation((rule, rule.if_missing, verdict[1], (), verdict[3]))
+    return _new_evaluation((rule, *verdict))
 
 
 def _outcome(evaluations: tuple[RuleEvaluation, ...]) -> Outcome:
@@ -278,19 +289,26 @@ def _decide_generic(rule_set: RuleSet, ctx: Context, enrolled: bool) -> Programm
 # answer that changes by date (an area opening later, an ODA list change), is decided or projected
 # rule by rule (`_decide_generic`, `_project_changes`), which is also the reference plans are tested
 # against.
+#
+# The shared answers live in one table per date (`_LayoutDay`), not in one table keyed by date and
+# value: a child's lookups then hash a fact tuple or a date of birth, not a tuple holding them and the
+# date, and `assess` finds the day's tables for every programme with one lookup.
 
 _PLAN_LIMIT = 256
 _PART_LIMIT = 65536
+# Dates with tables kept (the oldest goes first): today, and a few what-if dates besides.
+_DAY_LIMIT = 8
 
 # Outcome by index: 0 eligible, 1 unknown, 2 ineligible (the index is worked out from counts).
 _OUTCOMES = (Outcome.ELIGIBLE, Outcome.UNKNOWN, Outcome.INELIGIBLE)
 _NO_REVIEW = (False, "")
+_NOT_ENROLLED = Continuation.NOT_ENROLLED
 # A pending change of pass/fail: (day, change in failing entry rules, change in failing exit rules).
 _Event = tuple[date, int, int]
 
 
 def _flip(evaluation: RuleEvaluation, is_entry: bool) -> _Event:
-    day = cast(date, evaluation.next_change)
+    day: date = evaluation.next_change  # type: ignore[assignment]  # only called when it is set
     change = 1 if evaluation.result is PASS else -1  # a pass turns to fail, a fail to pass
     return (day, change, 0) if is_entry else (day, 0, change)
 
@@ -305,6 +323,9 @@ def _project(
     """
     if not events:
         return None, None
+    if len(events) == 1 and not enrolled:  # the usual case (one age limit ahead): no search needed
+        ((day, entry_change, _),) = events
+        return (day if (entry_fails > 0) is not (entry_fails + entry_change > 0) else None), None
     failing = entry_fails > 0
     exiting = exit_fails > 0
     continuing = enrolled and not exiting
@@ -331,57 +352,11 @@ def _project(
     return next_change, exit_on
 
 
-class _StaticPart:
-    """What a rule set's static rules, route and flags answer for one combination of fact values."""
-
-    __slots__ = (
-        "entry_fails",
-        "entry_unknown",
-        "evaluations",
-        "exit_fails",
-        "flag_reviews",
-        "has_events",
-        "missing",
-        "reviews",
-        "route",
-        "route_reviews",
-        "settled",
-        "unknown_reviews",
-    )
-
-    def __init__(self, layout: _Layout, rule_set: RuleSet, ctx: Context, enrolled: bool) -> None:
-        evaluations = tuple([evaluate_rule(r, ctx) for r in layout.static])
-        self.evaluations = evaluations
-        self.entry_fails, self.exit_fails, self.entry_unknown, self.settled, _, _ = _tally(evaluations)
-        # An answer changing by date (an area opening later, a new ODA list): projected rule by rule.
-        self.has_events = any(e.next_change is not None for e in evaluations)
-        self.unknown_reviews = tuple(
-            e.rule.review_reason for e in evaluations if e.result is UNKNOWN and e.rule.review_reason
-        )
-        self.missing = _plain_missing(evaluations)
-        self.route, self.route_reviews = "", cast(tuple[str, ...], ())
-        for candidate in rule_set.routes:
-            if passes(candidate.predicate, ctx):
-                self.route = candidate.route_id
-                self.route_reviews = (candidate.review_reason,) if candidate.needs_review else ()
-                break
-        self.flag_reviews = tuple(
-            flag.reason
-            for flag in rule_set.reviews
-            if (enrolled or not flag.enrolled_only) and passes(flag.predicate, ctx)
-        )
-        # (needs review, reason) by outcome index, when no dated rule adds a review of its own.
-        self.reviews = (
-            _review(self.route_reviews + self.flag_reviews),
-            _review(self.unknown_reviews + self.route_reviews + self.flag_reviews),
-            _review(self.flag_reviews),
-        )
-
-
 _REVIEWS: dict[tuple[str, ...], tuple[bool, str]] = {}
 
 
 def _review(reviews: tuple[str, ...]) -> tuple[bool, str]:
+    """Return (needs review, the reasons joined once each), shared: few distinct lists of reasons exist."""
     if not reviews:
         return _NO_REVIEW
     found = _REVIEWS.get(reviews)
@@ -392,104 +367,327 @@ def _review(reviews: tuple[str, ...]) -> tuple[bool, str]:
     return found
 
 
-def _tally(evaluations: tuple[RuleEvaluation, ...]) -> tuple[int, int, bool, bool, bool, bool]:
-    """Count failing entry and exit rules; say if an entry rule is unknown, a failure is final, etc.
+class _Summary:
+    """What a group of evaluations adds up to: counts, flags, pending changes, the outcome alone.
 
-    The flags, in order: an entry rule is unknown, a failure is final, any rule is unknown, an unknown
-    rule has a review reason of its own.
+    Worked out once per group and read by every decision that uses the group, so no decision counts
+    rule by rule.
     """
-    entry_fails = exit_fails = 0
-    entry_unknown = settled = any_unknown = unknown_review = False
-    for e in evaluations:
-        result = e.result
-        if result is FAIL:
-            if e.rule.kind == "entry":
-                entry_fails += 1
-            else:
-                exit_fails += 1
-            settled = settled or e.next_change is None
-        elif result is UNKNOWN:
-            any_unknown = True
-            entry_unknown = entry_unknown or e.rule.kind == "entry"
-            unknown_review = unknown_review or bool(e.rule.review_reason)
-    return entry_fails, exit_fails, entry_unknown, settled, any_unknown, unknown_review
-
-
-class _AgeGroup:
-    """What a rule set's age rules answer for one date of birth on one date, with their changes."""
 
     __slots__ = (
         "any_unknown",
         "entry_fails",
-        "entry_unknown",
-        "evaluations",
         "events",
         "exit_fails",
         "free_next",
+        "has_events",
+        "index",
+        "missing",
         "settled",
         "unknown_review",
+        "unknown_reviews",
     )
 
+    def __init__(self, evaluations: tuple[RuleEvaluation, ...]) -> None:
+        entry_fails = exit_fails = 0
+        entry_unknown = settled = any_unknown = False
+        unknown_reviews: list[str] = []
+        events: list[_Event] = []
+        for e in evaluations:
+            rule, result, next_change = e.rule, e.result, e.next_change
+            is_entry = rule.kind == "entry"
+            if result is FAIL:
+                if is_entry:
+                    entry_fails += 1
+                else:
+                    exit_fails += 1
+                settled = settled or next_change is None  # a failure no date can undo
+            elif result is UNKNOWN:
+                any_unknown = True
+                entry_unknown = entry_unknown or is_entry
+                if rule.review_reason:
+                    unknown_reviews.append(rule.review_reason)
+            if next_change is not None:  # it flips then: a pass turns to fail, a fail to pass
+                change = 1 if result is PASS else -1
+                events.append((next_change, change, 0) if is_entry else (next_change, 0, change))
+        self.entry_fails, self.exit_fails, self.settled = entry_fails, exit_fails, settled
+        # The outcome these rules alone give (see `_OUTCOMES`): a decision takes the worse of the
+        # groups' outcomes without counting again.
+        self.index = 2 if entry_fails else 1 if entry_unknown else 0
+        self.any_unknown = any_unknown
+        self.missing = _plain_missing(evaluations) if any_unknown else ()
+        self.unknown_reviews = tuple(unknown_reviews)
+        self.unknown_review = bool(unknown_reviews)
+        self.events = tuple(events)
+        # For static rules: an answer that changes by date (an area opening later, a new ODA list),
+        # which is projected rule by rule.
+        self.has_events = bool(events)
+        # For age rules: the next change of a child not enrolled when nothing else fails or changes.
+        if len(events) == 1:  # one limit ahead (the usual case): it changes the outcome if it flips it
+            ((day, change, _),) = events
+            self.free_next = day if (entry_fails > 0) is not (entry_fails + change > 0) else None
+        else:
+            self.free_next = _project(entry_fails, 0, False, events)[0]
+
+
+class _Conditions:
+    """The route and review flags a layout chooses for one combination of the fact values they read."""
+
+    __slots__ = ("flag_reviews", "route", "route_reviews", "tails")
+
     def __init__(self, layout: _Layout, ctx: Context) -> None:
-        evaluations = tuple([_evaluate(r, ctx) for r in layout.ages])
-        self.evaluations = evaluations
-        (
-            self.entry_fails,
-            self.exit_fails,
-            self.entry_unknown,
-            self.settled,
-            self.any_unknown,
-            self.unknown_review,
-        ) = _tally(evaluations)
-        self.events = tuple(
-            _flip(e, e.rule.kind == "entry") for e in evaluations if e.next_change is not None
+        rule_set = layout.rule_set
+        self.route, self.route_reviews = "", cast(tuple[str, ...], ())
+        for candidate in rule_set.routes:
+            if passes(candidate.predicate, ctx):
+                self.route = candidate.route_id
+                self.route_reviews = (candidate.review_reason,) if candidate.needs_review else ()
+                break
+        self.flag_reviews = tuple(
+            flag.reason
+            for flag in rule_set.reviews
+            if (layout.enrolled or not flag.enrolled_only) and passes(flag.predicate, ctx)
         )
-        # The next change of a child not enrolled when nothing else fails or changes: the usual case.
-        self.free_next = _project(self.entry_fails, 0, False, self.events)[0]
+        self.tails: dict[tuple[str, ...], tuple[_Tail, _Tail, _Tail]] = {}
+
+    def tails_by_index(self, unknown_reviews: tuple[str, ...]) -> tuple[_Tail, _Tail, _Tail]:
+        """Return (outcome, route, needs review, reason) by outcome index, given the static rules' reviews.
+
+        Kept per distinct list of reviews (a handful): used when no dated rule adds a review of its own.
+        An ineligible child gets no route.
+        """
+        found = self.tails.get(unknown_reviews)
+        if found is None:
+            found = self.tails[unknown_reviews] = (
+                (Outcome.ELIGIBLE, self.route, *_review(self.route_reviews + self.flag_reviews)),
+                (
+                    Outcome.UNKNOWN,
+                    self.route,
+                    *_review(unknown_reviews + self.route_reviews + self.flag_reviews),
+                ),
+                (Outcome.INELIGIBLE, "", *_review(self.flag_reviews)),
+            )
+        return found
+
+
+# The last four fields of a decision for one outcome: (outcome, route, needs review, review reason).
+_Tail = tuple[Outcome, str, bool, str]
+# The static answers for one combination of fact values, flat so a decision reads them by unpacking:
+# (static rules' evaluations, their outcome index, a failure no date undoes, an answer changes by
+# date, missing facts, tails by outcome index, conditions, the rules' summary). The evaluations and
+# summary are shared by every combination with the same values of the facts the rules read, the
+# conditions likewise.
+_Part = tuple[
+    tuple[RuleEvaluation, ...],
+    int,
+    bool,
+    bool,
+    tuple[str, ...],
+    tuple[_Tail, _Tail, _Tail],
+    _Conditions,
+    _Summary,
+]
+# The age rules' answers for one date of birth, flat likewise: (this programme's own evaluations,
+# their outcome index, a failure no date undoes, a rule unknown, the next change of a child not
+# enrolled, the summary shared by every programme whose age rules have the same signature).
+_AgeGroup = tuple[tuple[RuleEvaluation, ...], int, bool, bool, date | None, _Summary]
+_Order = Callable[[tuple[RuleEvaluation, ...]], tuple[RuleEvaluation, ...]]
+
+
+_KEY_NUMBERS: dict[object, int] = {}
+
+
+def _key_number(signature: object) -> int:
+    """Return a number standing for `signature`, the same for equal ones (never reused: a few exist).
+
+    Negative, so it never equals an age predicate's key (see `AgePredicate.key`) in the same table.
+    """
+    return _KEY_NUMBERS.setdefault(signature, -1 - len(_KEY_NUMBERS))
+
+
+def _facts_getter(predicates: list[Predicate]) -> Callable[[ChildFacts], object]:
+    """Return a function picking the facts static `predicates` read (one value, a tuple, or ())."""
+    facts: dict[str, None] = {}
+    for predicate in predicates:
+        facts.update(dict.fromkeys(cast(StaticPredicate, predicate).facts_read))
+    return attrgetter(*facts) if facts else lambda facts: ()
 
 
 class _Layout:
     """A rule set's rules for a child not enrolled (entry rules) or enrolled (all), by group."""
 
-    __slots__ = ("age_groups", "ages", "order", "parts", "static", "window_memo", "windows")
+    __slots__ = (
+        "age_key",
+        "age_verdicts",
+        "ages",
+        "conditions_of",
+        "enrolled",
+        "facts_of",
+        "order",
+        "plain",
+        "rule_set",
+        "rules_of",
+        "static",
+        "windows",
+    )
 
-    def __init__(self, rules: tuple[Rule, ...]) -> None:
+    def __init__(self, rule_set: RuleSet, enrolled: bool, facts_of: Callable[[ChildFacts], object]) -> None:
+        rules = rule_set.rules if enrolled else tuple(r for r in rule_set.rules if r.kind == "entry")
+        self.rule_set = rule_set
+        self.enrolled = enrolled
+        self.facts_of = facts_of
         self.static = tuple(r for r in rules if r.cache_key is not None)
+        # The static rules and the conditions (routes, flags) are also answered apart, by the facts
+        # each reads, and put together when a combination of all the facts is first seen: RISE reads
+        # five facts, but its rules four and its flag one, so far fewer combinations are worked out.
+        self.rules_of = _facts_getter([r.predicate for r in self.static])
+        self.conditions_of = _facts_getter(
+            [r.predicate for r in rule_set.routes] + [f.predicate for f in rule_set.reviews]
+        )
         self.ages = tuple(r for r in rules if isinstance(r.predicate, AgePredicate))
+        self.age_verdicts = tuple((r, cast(AgePredicate, r.predicate)) for r in self.ages)
+        # Everything the age rules' summary depends on besides the date of birth and the date, as a
+        # small number (a key hashed on every new date of birth).
+        self.age_key = _key_number(
+            tuple(
+                (predicate.signature, r.kind, r.review_reason, r.if_missing)
+                for r, predicate in self.age_verdicts
+            )
+        )
         window_rules = [r for r in rules if isinstance(r.predicate, WindowPredicate)]
         self.windows = tuple(
             (position, rule, cast(WindowPredicate, rule.predicate), rule.kind == "entry")
             for position, rule in enumerate(window_rules)
         )
+        # A child not enrolled, with no window to read: the short road in `_decide_on`.
+        self.plain = not enrolled and not self.windows
         # Evaluations are gathered static, age, window; `order` puts them back in rule order.
         gathered = [*self.static, *self.ages, *window_rules]
         positions = [next(i for i, g in enumerate(gathered) if g is r) for r in rules]
-        self.order: Callable[[tuple[RuleEvaluation, ...]], tuple[RuleEvaluation, ...]] | None = None
+        self.order: _Order | None = None
         if positions != list(range(len(rules))):
-            self.order = cast(
-                Callable[[tuple[RuleEvaluation, ...]], tuple[RuleEvaluation, ...]], itemgetter(*positions)
-            )
-        # Keyed by (date, fact values): the date because area and ODA answers depend on it.
-        self.parts: dict[tuple[date, object], _StaticPart] = {}
-        self.age_groups: dict[tuple[date, date | None], _AgeGroup] = {}
-        self.window_memo: dict[tuple[int, date, object], RuleEvaluation] = {}
+            self.order = cast(_Order, itemgetter(*positions))
+
+
+class _LayoutDay:
+    """A layout's shared answers on one date: parts by fact values, age groups by date of birth, windows.
+
+    The tables start empty and fill as children are assessed; each is cleared when it reaches
+    `_PART_LIMIT` entries, which only costs answers worked out again.
+    """
+
+    __slots__ = (
+        "ages",
+        "conditions",
+        "decide",
+        "facts_of",
+        "layout",
+        "order",
+        "parts",
+        "programme_id",
+        "rule_parts",
+        "version",
+        "windows",
+    )
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        # Copied from the layout and rule set: read for every child.
+        self.facts_of = layout.facts_of
+        self.order = layout.order
+        self.programme_id = layout.rule_set.programme_id
+        self.version = layout.rule_set.version
+        self.decide: Callable[[_LayoutDay, Context, _AgeGroup], ProgrammeDecision] = (
+            _decide_plain if layout.plain else _decide_in_full
+        )
+        self.parts: dict[object, _Part] = {}
+        self.rule_parts: dict[object, tuple[tuple[RuleEvaluation, ...], _Summary]] = {}
+        self.conditions: dict[object, _Conditions] = {}
+        self.ages: dict[date | None, _AgeGroup] = {}
+        # One table per window rule, keyed by what decides it besides the date (`key_of`).
+        self.windows: tuple[dict[object, RuleEvaluation], ...] = tuple({} for _ in layout.windows)
+
+    def add_part(self, ctx: Context) -> _Part:
+        """Work out and keep the part for the fact values of `ctx`."""
+        layout = self.layout
+        key = layout.facts_of(ctx.facts)
+        rules_key = layout.rules_of(ctx.facts)
+        rules = self.rule_parts.get(rules_key)
+        if rules is None:
+            evaluations = tuple([evaluate_rule(r, ctx) for r in layout.static])
+            rules = _remember(self.rule_parts, rules_key, (evaluations, _Summary(evaluations)))
+        conditions_key = layout.conditions_of(ctx.facts)
+        conditions = self.conditions.get(conditions_key)
+        if conditions is None:
+            conditions = _remember(self.conditions, conditions_key, _Conditions(layout, ctx))
+        evaluations, summary = rules
+        tails = conditions.tails_by_index(summary.unknown_reviews)
+        part = (
+            evaluations,
+            summary.index,
+            summary.settled,
+            summary.has_events,
+            summary.missing,
+            tails,
+            conditions,
+            summary,
+        )
+        return _remember(self.parts, key, part)
+
+    def add_age_group(self, ctx: Context, shared: dict[object, Any] | None = None) -> _AgeGroup:
+        """Work out and keep the age group for the date of birth of `ctx`.
+
+        `shared` is `ctx.age_verdicts()` (verdicts and summaries for this date of birth on this date),
+        when the caller has it.
+        """
+        layout = self.layout
+        if shared is None:
+            shared = ctx.age_verdicts()
+        evaluations = tuple([_judged(r, shared.get(p.key) or p(ctx)) for r, p in layout.age_verdicts])
+        # Another programme with the same age rules may have summed them up already.
+        summary: _Summary | None = shared.get(layout.age_key)
+        if summary is None:
+            summary = shared[layout.age_key] = _Summary(evaluations)
+        group = (evaluations, summary.index, summary.settled, summary.any_unknown, summary.free_next, summary)
+        return _remember(self.ages, ctx.date_of_birth, group)
+
+    def add_window(self, index: int, key: object, ctx: Context) -> RuleEvaluation:
+        """Work out and keep window rule `index`'s evaluation for `key` (that of `ctx`)."""
+        return _remember(self.windows[index], key, _evaluate(self.layout.windows[index][1], ctx))
+
+
+_V = TypeVar("_V")
+
+
+def _remember(table: dict[Any, _V], key: object, value: _V) -> _V:
+    """Keep `value` under `key` and return it; a full table is emptied first (it is only a cache)."""
+    if len(table) >= _PART_LIMIT:
+        table.clear()
+    table[key] = value
+    return value
 
 
 class _Plan:
-    """One rule set compiled: which facts key its static answers, and its two layouts."""
+    """One rule set compiled: which facts key its static answers, its two layouts, and their days."""
 
-    __slots__ = ("facts_of", "layouts", "rule_set")
+    __slots__ = ("days", "layouts", "rule_set")
 
     def __init__(self, rule_set: RuleSet, facts_read: tuple[str, ...]) -> None:
         self.rule_set = rule_set
-        self.facts_of: Callable[[ChildFacts], object] = (
-            attrgetter(*facts_read) if facts_read else lambda facts: ()
-        )
+        facts_of: Callable[[ChildFacts], object] = attrgetter(*facts_read) if facts_read else lambda facts: ()
         # Index 0: a child not enrolled (entry rules only); index 1: enrolled (every rule).
-        self.layouts = (
-            _Layout(tuple(r for r in rule_set.rules if r.kind == "entry")),
-            _Layout(rule_set.rules),
-        )
+        self.layouts = (_Layout(rule_set, False, facts_of), _Layout(rule_set, True, facts_of))
+        self.days: dict[date, tuple[_LayoutDay, _LayoutDay]] = {}
+
+    def day(self, on: date) -> tuple[_LayoutDay, _LayoutDay]:
+        """Return the tables of both layouts for `on` (made when first asked for)."""
+        found = self.days.get(on)
+        if found is None:
+            if len(self.days) >= _DAY_LIMIT:
+                # The oldest date; pop, not del: a thread deciding in parallel may have dropped it.
+                self.days.pop(next(iter(self.days), on), None)
+            found = self.days[on] = (_LayoutDay(self.layouts[0]), _LayoutDay(self.layouts[1]))
+        return found
 
 
 _PLANS: dict[int, tuple[RuleSet, _Plan | None]] = {}
@@ -525,95 +723,191 @@ def _compile(rule_set: RuleSet) -> _Plan | None:
     return _Plan(rule_set, tuple(facts_read))
 
 
-_IN_FORCE_PLANS: dict[int, tuple[tuple[RuleSet, ...], tuple[tuple[RuleSet, _Plan | None], ...]]] = {}
+class _Day:
+    """What `assess` reads for one date: each rule set in force with its layouts' tables, and age rows.
 
-
-def _plans_in_force(rulebook: Rulebook, on: date) -> tuple[tuple[RuleSet, _Plan | None], ...]:
-    """Return each rule set in force on `on` with its plan (the rulebook memoises the tuple by date)."""
-    rule_sets = rulebook.in_force(on)
-    entry = _IN_FORCE_PLANS.get(id(rule_sets))
-    if entry is not None and entry[0] is rule_sets:  # the entry holds the tuple, so ids stay unique
-        return entry[1]
-    plans = tuple((rule_set, _plan_for(rule_set)) for rule_set in rule_sets)
-    if len(_IN_FORCE_PLANS) >= _PLAN_LIMIT:
-        _IN_FORCE_PLANS.clear()
-    _IN_FORCE_PLANS[id(rule_sets)] = (rule_sets, plans)
-    return plans
-
-
-def _decide_planned(plan: _Plan, ctx: Context) -> ProgrammeDecision:
-    """Decide one programme from its plan: the same decision as `_decide_generic`, made faster.
-
-    `ctx` is read only when a shared answer is missing (its `started_on` set for this programme).
+    An age row holds, for one date of birth, the age group of every programme for a child enrolled in
+    none of them (most children): one lookup per child instead of one per programme.
     """
-    facts, on, dob, started_on = ctx.facts, ctx.on, ctx.date_of_birth, ctx.started_on
-    enrolled = started_on is not None
-    layout = plan.layouts[enrolled]
-    key = (on, plan.facts_of(facts))
-    part = layout.parts.get(key)
-    if part is None:
-        if len(layout.parts) >= _PART_LIMIT:
-            layout.parts.clear()
-        part = layout.parts[key] = _StaticPart(layout, plan.rule_set, ctx, enrolled)
-    age_key = (on, dob)
-    ages = layout.age_groups.get(age_key)
+
+    __slots__ = ("deciders", "entries", "not_enrolled", "rows")
+
+    def __init__(self, rulebook: Rulebook, on: date) -> None:
+        entries = []
+        for rule_set in rulebook.in_force(on):
+            plan = _plan_for(rule_set)
+            entries.append((rule_set, None if plan is None else plan.day(on)))
+        self.entries: tuple[tuple[RuleSet, tuple[_LayoutDay, _LayoutDay] | None], ...] = tuple(entries)
+        # The tables of every programme for a child enrolled nowhere; None when one must be decided
+        # rule by rule (then `assess` takes the general road).
+        self.not_enrolled: tuple[_LayoutDay, ...] | None = None
+        if all(days is not None for _, days in entries):
+            self.not_enrolled = tuple(cast(tuple[_LayoutDay, _LayoutDay], days)[0] for _, days in entries)
+        self.rows: dict[date | None, tuple[_AgeGroup, ...]] = {}
+        # With each, the function deciding for a child not enrolled (`_LayoutDay.decide`).
+        self.deciders = tuple((day.decide, day) for day in self.not_enrolled or ())
+
+    def add_row(self, days: tuple[_LayoutDay, ...], ctx: Context) -> tuple[_AgeGroup, ...]:
+        """Work out and keep the age row for the date of birth of `ctx` (groups of `days`, in order)."""
+        dob = ctx.date_of_birth
+        shared = ctx.age_verdicts()
+        row = tuple([day.ages.get(dob) or day.add_age_group(ctx, shared) for day in days])
+        return _remember(self.rows, dob, row)
+
+
+def _day_plan(rulebook: Rulebook, on: date) -> _Day:
+    """Return what `assess` reads for `on`, kept on the rulebook (the oldest date goes first)."""
+    found: _Day | None = rulebook.day_memo.get(on)
+    if found is None:
+        if len(rulebook.day_memo) >= _DAY_LIMIT:
+            # The oldest date (pop: a thread deciding in parallel may have dropped it already).
+            rulebook.day_memo.pop(next(iter(rulebook.day_memo), on), None)
+        found = rulebook.day_memo[on] = _Day(rulebook, on)
+    return found
+
+
+def _decide_on(day: _LayoutDay, ctx: Context, ages: _AgeGroup | None = None) -> ProgrammeDecision:
+    """Decide one programme from its tables for the date: the same decision as `_decide_generic`.
+
+    `ctx` (its `started_on` set for this programme) is read for the keys, and evaluated only when a
+    shared answer is missing; `ages` is the child's age group when the caller has it already.
+    """
     if ages is None:
-        if len(layout.age_groups) >= _PART_LIMIT:
-            layout.age_groups.clear()
-        ages = layout.age_groups[age_key] = _AgeGroup(layout, ctx)
-    entry_fails = part.entry_fails + ages.entry_fails
-    exit_fails = part.exit_fails + ages.exit_fails
-    unknown = part.entry_unknown or ages.entry_unknown
-    dated_unknown, dated_review, settled = ages.any_unknown, ages.unknown_review, part.settled or ages.settled
-    events: tuple[_Event, ...] | list[_Event] = ages.events
+        ages = day.ages.get(ctx.date_of_birth)
+        if ages is None:
+            ages = day.add_age_group(ctx)
+    return day.decide(day, ctx, ages)
+
+
+def _decide_plain(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> ProgrammeDecision:
+    """Decide for a child not enrolled in a programme without time windows (`_LayoutDay.decide`).
+
+    The outcome is the worse of the two groups', the rest is read off the groups. The common case,
+    so kept short.
+    """
+    part = day.parts.get(day.facts_of(ctx.facts))
+    if part is None:
+        part = day.add_part(ctx)
+    static, index, settled, has_events, missing, tails, conditions, _ = part
+    dated, ages_index, ages_settled, ages_unknown, next_change, _ = ages
+    if ages_index > index:
+        index = ages_index
+    gathered = static + dated
+    order = day.order
+    evaluations = gathered if order is None else order(gathered)
+    if ages_unknown:  # no date of birth: its missing fact (and any review) join in rule order
+        missing = _plain_missing(evaluations)
+        outcome, route, needs_review, review_reason = _dated_tail(evaluations, conditions, ages, index, tails)
+    else:
+        outcome, route, needs_review, review_reason = tails[index]
+    if settled or ages_settled:  # a failure no date can undo
+        next_change = None
+    elif has_events:
+        next_change = _project_changes(day.layout.rule_set, ctx, evaluations, False)[0]
+    return tuple.__new__(
+        ProgrammeDecision,
+        (
+            day.programme_id,
+            day.version,
+            outcome,
+            evaluations,
+            missing,
+            _NOT_ENROLLED,
+            "",
+            next_change,
+            None,
+            route,
+            needs_review,
+            review_reason,
+        ),
+    )
+
+
+def _dated_tail(
+    evaluations: tuple[RuleEvaluation, ...],
+    conditions: _Conditions,
+    ages: _AgeGroup,
+    index: int,
+    tails: tuple[_Tail, _Tail, _Tail],
+) -> _Tail:
+    """Return the tail when an age rule is unknown: one with a review reason of its own adds it."""
+    if index == 1 and ages[5].unknown_review:
+        return (Outcome.UNKNOWN, conditions.route, *_dated_review(evaluations, conditions))
+    return tails[index]
+
+
+def _dated_review(evaluations: tuple[RuleEvaluation, ...], conditions: _Conditions) -> tuple[bool, str]:
+    """Return the review when a dated rule's unknown adds its own reason: every reason in rule order."""
+    return _review(
+        tuple([e.rule.review_reason for e in evaluations if e.result is UNKNOWN and e.rule.review_reason])
+        + conditions.route_reviews
+        + conditions.flag_reviews
+    )
+
+
+def _decide_in_full(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> ProgrammeDecision:
+    """Decide for a child enrolled, or a layout with time windows: windows, exit and projection too."""
+    layout = day.layout
+    part = day.parts.get(day.facts_of(ctx.facts))
+    if part is None:
+        part = day.add_part(ctx)
+    enrolled = layout.enrolled
+    static, _, _, _, _, tails, conditions, rules = part
+    dated, _, _, _, _, ages_summary = ages
+    entry_fails = rules.entry_fails + ages_summary.entry_fails
+    exit_fails = rules.exit_fails + ages_summary.exit_fails
+    index = rules.index if rules.index >= ages_summary.index else ages_summary.index
+    dated_unknown, dated_review = ages_summary.any_unknown, ages_summary.unknown_review
+    settled = rules.settled or ages_summary.settled
+    events: tuple[_Event, ...] | list[_Event] = ages_summary.events
     if layout.windows:
+        facts, started_on = ctx.facts, ctx.started_on
         found: list[RuleEvaluation] = []
-        memo = layout.window_memo
+        tables = day.windows
         for position, rule, predicate, is_entry in layout.windows:
-            window_key = (position, on, predicate.key_of(facts, started_on))
-            evaluation = memo.get(window_key)
+            window_key = predicate.key_of(facts, started_on)
+            evaluation = tables[position].get(window_key)
             if evaluation is None:
-                if len(memo) >= _PART_LIMIT:
-                    memo.clear()
-                evaluation = memo[window_key] = _evaluate(rule, ctx)
+                evaluation = day.add_window(position, window_key, ctx)
             found.append(evaluation)
             result = evaluation.result
             if result is FAIL:
                 if is_entry:
                     entry_fails += 1
+                    index = 2
                 else:
                     exit_fails += 1
                 settled = settled or evaluation.next_change is None
             elif result is UNKNOWN:
                 dated_unknown = True
-                unknown = unknown or is_entry
+                if is_entry and index == 0:
+                    index = 1
                 dated_review = dated_review or bool(rule.review_reason)
             if evaluation.next_change is not None:
                 events = [*events, _flip(evaluation, is_entry)]
-        gathered = part.evaluations + ages.evaluations + tuple(found)
+        gathered = static + dated + tuple(found)
     else:
-        gathered = part.evaluations + ages.evaluations
+        gathered = static + dated
     evaluations = gathered if layout.order is None else layout.order(gathered)
-    index = 2 if entry_fails else 1 if unknown else 0
-    outcome = _OUTCOMES[index]
 
     if dated_review and index == 1:  # a dated rule's unknown adds its own review, in rule order
-        needs_review, review_reason = _review(
-            tuple([e.rule.review_reason for e in evaluations if e.result is UNKNOWN and e.rule.review_reason])
-            + part.route_reviews
-            + part.flag_reviews
+        outcome, route, needs_review, review_reason = (
+            Outcome.UNKNOWN,
+            conditions.route,
+            *_dated_review(evaluations, conditions),
         )
     else:
-        needs_review, review_reason = part.reviews[index]
+        outcome, route, needs_review, review_reason = tails[index]
 
+    exit_on: date | None
     if not enrolled:
-        continuation, exit_reason, exit_on = Continuation.NOT_ENROLLED, "", None
+        continuation, exit_reason, exit_on = _NOT_ENROLLED, "", None
         if settled:  # a failure no date can undo
             next_change = None
-        elif part.has_events:
-            next_change, exit_on = _project_changes(plan.rule_set, ctx, evaluations, enrolled)
-        elif events is ages.events:
-            next_change = ages.free_next
+        elif rules.has_events:
+            next_change, exit_on = _project_changes(layout.rule_set, ctx, evaluations, enrolled)
+        elif events is ages_summary.events:
+            next_change = ages_summary.free_next
         else:
             next_change = _project(entry_fails, 0, False, events)[0]
     else:
@@ -624,27 +918,32 @@ def _decide_planned(plan: _Plan, ctx: Context) -> ProgrammeDecision:
             ).rule.exit_reason
         else:
             continuation, exit_reason = Continuation.CONTINUE, ""
-        if part.has_events:
-            next_change, exit_on = _project_changes(plan.rule_set, ctx, evaluations, enrolled)
+        if rules.has_events:
+            next_change, exit_on = _project_changes(layout.rule_set, ctx, evaluations, enrolled)
         else:
             next_change, exit_on = _project(entry_fails, exit_fails, True, events)
     return tuple.__new__(
         ProgrammeDecision,
         (
-            plan.rule_set.programme_id,
-            plan.rule_set.version,
+            day.programme_id,
+            day.version,
             outcome,
             evaluations,
-            _plain_missing(evaluations) if dated_unknown else part.missing,
+            _plain_missing(evaluations) if dated_unknown else rules.missing,
             continuation,
             exit_reason,
             next_change,
             exit_on,
-            part.route if index != 2 else "",
+            route,
             needs_review,
             review_reason,
         ),
     )
+
+
+def _decide_planned(plan: _Plan, ctx: Context) -> ProgrammeDecision:
+    """Decide one programme from its plan (`ctx.started_on` set for it): as `_decide_generic` does."""
+    return _decide_on(plan.day(ctx.on)[ctx.started_on is not None], ctx)
 
 
 def decide_programme(rule_set: RuleSet, ctx: Context) -> ProgrammeDecision:
@@ -659,6 +958,9 @@ def decide_programme(rule_set: RuleSet, ctx: Context) -> ProgrammeDecision:
 
 def _enrolment_starts(facts: ChildFacts) -> dict[str, date]:
     """Return when the child's current stay in each programme started (the latest enrolment)."""
+    if len(facts.enrolments) == 1:  # the usual case
+        (only,) = facts.enrolments
+        return {only.programme_id: only.started_on}
     starts: dict[str, date] = {}
     for enrolment in facts.enrolments:
         known = starts.get(enrolment.programme_id)
@@ -667,22 +969,71 @@ def _enrolment_starts(facts: ChildFacts) -> dict[str, date]:
     return starts
 
 
+# An assessment is made per child: its fields are set through their slots, as the frozen dataclass's
+# own __init__ does through object.__setattr__, at half the cost.
+_new_object = object.__new__
+
+
+def _slot_setter(name: str) -> Callable[[Assessment, Any], None]:
+    """Return the setter of the assessment's slot `name` (it bypasses the frozen __setattr__)."""
+    setter: Callable[[Assessment, Any], None] = vars(Assessment)[name].__set__
+    return setter
+
+
+_set_on, _set_age_basis, _set_decisions, _set_next_change = map(
+    _slot_setter, ("on", "age_basis", "decisions", "next_change")
+)
+
+
+_next_change_of = cast(
+    Callable[[ProgrammeDecision], date | None], itemgetter(ProgrammeDecision._fields.index("next_change"))
+)
+
+
 def assess(facts: ChildFacts, on: date, rulebook: Rulebook) -> Assessment:
     """Decide every programme in force on `on` for the child; pure, no I/O."""
     age_basis = settle_date_of_birth(facts.dates_of_birth)
     dob = age_basis.date_of_birth
-    starts = _enrolment_starts(facts) if facts.enrolments else None
-    decisions: list[ProgrammeDecision] = []
-    next_change: date | None = None
     ctx = Context(facts, on, dob)  # shared by the programmes: ages are worked out once
-    for rule_set, plan in _plans_in_force(rulebook, on):
-        ctx.started_on = starts.get(rule_set.programme_id) if starts else None
-        if plan is None:
-            decision = _decide_generic(rule_set, ctx, ctx.started_on is not None)
+    day = rulebook.day_memo.get(on) or _day_plan(rulebook, on)
+    plain_days = day.not_enrolled
+    decisions: list[ProgrammeDecision]
+    if plain_days is None:  # a rule set without a plan
+        decisions = _decide_each(day, ctx, None)
+    else:  # one age row for every programme the child is not in
+        row = day.rows.get(dob)
+        if row is None:
+            row = day.add_row(plain_days, ctx)
+        if facts.enrolments:
+            decisions = _decide_each(day, ctx, row)
+        else:  # most children
+            decisions = [
+                decide(layout_day, ctx, ages)
+                for (decide, layout_day), ages in zip(day.deciders, row, strict=True)
+            ]
+    next_change = min(filter(None, map(_next_change_of, decisions)), default=None)
+    assessment = _new_object(Assessment)
+    _set_on(assessment, on)
+    _set_age_basis(assessment, age_basis)
+    _set_decisions(assessment, tuple(decisions))
+    _set_next_change(assessment, next_change)
+    return assessment
+
+
+def _decide_each(day: _Day, ctx: Context, row: tuple[_AgeGroup, ...] | None) -> list[ProgrammeDecision]:
+    """Decide programme by programme: for a child enrolled somewhere, or a rule set without a plan.
+
+    `row` is the child's age row (every rule set planned), read for the programmes the child is not in.
+    """
+    facts = ctx.facts
+    starts = _enrolment_starts(facts) if facts.enrolments else None
+    decisions = []
+    for index, (rule_set, days) in enumerate(day.entries):
+        started_on = ctx.started_on = starts.get(rule_set.programme_id) if starts else None
+        if days is None:
+            decisions.append(_decide_generic(rule_set, ctx, started_on is not None))
+        elif started_on is None:
+            decisions.append(_decide_on(days[0], ctx, row[index] if row is not None else None))
         else:
-            decision = _decide_planned(plan, ctx)
-        decisions.append(decision)
-        change = decision.next_change
-        if change is not None and (next_change is None or change < next_change):
-            next_change = change
-    return Assessment(on=on, age_basis=age_basis, decisions=tuple(decisions), next_change=next_change)
+            decisions.append(_decide_on(days[1], ctx))
+    return decisions

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 from haven.reference import all_local_authorities, oda_africa_years
 from services.eligibility.domain.age import add_months, describe_age
@@ -46,6 +47,11 @@ class Verdict(NamedTuple):
     next_change: date | None
 
 
+# A verdict made without the named tuple's generated __new__ (a Python function): dated predicates
+# make one per new date of birth or window start.
+_new_verdict = cast(Callable[[tuple[object, ...]], Verdict], partial(tuple.__new__, Verdict))
+
+
 @dataclass(frozen=True, slots=True)
 class Area:
     """A coverage area: member local authorities (GSS codes) and the dates it is served."""
@@ -69,15 +75,14 @@ _AGE_VERDICTS: dict[tuple[date | None, date], dict[object, Any]] = {}
 class Context:
     """One child on one date, with the date of birth settled and the programme's enrolment start."""
 
-    __slots__ = ("_age_text", "_age_verdicts", "_reached", "date_of_birth", "facts", "on", "started_on")
+    __slots__ = ("_age_inputs", "_age_verdicts", "date_of_birth", "facts", "on", "started_on")
 
     def __init__(self, facts: ChildFacts, on: date, date_of_birth: date | None) -> None:
         self.facts = facts
         self.on = on
         self.date_of_birth = date_of_birth
         self.started_on: date | None = None
-        self._reached: dict[int, date] = {}
-        self._age_text = ""
+        self._age_inputs: tuple[tuple[str, object], tuple[str, object]] | None = None
         self._age_verdicts: dict[object, Any] | None = None
 
     def age_verdicts(self) -> dict[object, Any]:
@@ -99,17 +104,25 @@ class Context:
         return verdicts
 
     def reached(self, date_of_birth: date, months: int) -> date:
-        """Return the day the child reaches `months` of age (memoised: rules share age limits)."""
-        day = self._reached.get(months)
-        if day is None:
-            day = self._reached[months] = add_months(date_of_birth, months)
-        return day
+        """Return the day the child reaches `months` of age.
+
+        Not memoised: each age limit is worked out once per date of birth and date anyway, since
+        its verdict is shared through `age_verdicts`.
+        """
+        return add_months(date_of_birth, months)
 
     def age_text(self, date_of_birth: date) -> str:
         """Return the child's age in words on the context's date (computed once)."""
-        if not self._age_text:
-            self._age_text = describe_age(date_of_birth, self.on)
-        return self._age_text
+        return str(self.age_inputs(date_of_birth)[1][1])
+
+    def age_inputs(self, date_of_birth: date) -> tuple[tuple[str, object], tuple[str, object]]:
+        """Return the inputs every age rule reads, (date of birth, age in words), made once and shared."""
+        if self._age_inputs is None:
+            self._age_inputs = (
+                ("date_of_birth", date_of_birth),
+                ("age", describe_age(date_of_birth, self.on)),
+            )
+        return self._age_inputs
 
 
 Predicate = Callable[[Context], Verdict]
@@ -219,52 +232,62 @@ def _describe_limit(months: int) -> str:
     return " ".join(parts) or "0 months"
 
 
+# A number per age signature (comparison, months), never reused: a rulebook has a handful.
+_AGE_KEYS: dict[tuple[str, int], int] = {}
+
+
 def _age_predicate(params: Mapping[str, Any], comparison: str) -> Predicate:
-    months = _months(params)
-    limit = _describe_limit(months)
-    signature = (comparison, months)
-
-    def check(ctx: Context) -> Verdict:
-        verdicts = ctx.age_verdicts()
-        verdict: Verdict | None = verdicts.get(signature)
-        if verdict is None:
-            verdict = verdicts[signature] = decide(ctx)
-        return verdict
-
-    def decide(ctx: Context) -> Verdict:
-        dob = ctx.date_of_birth
-        if dob is None:
-            return Verdict(UNKNOWN, (("limit", limit),), ("dates_of_birth",), None)
-        reached = ctx.reached(dob, months)  # the day the child reaches the limit
-        on = ctx.on
-        inputs = (("date_of_birth", dob), ("age", ctx.age_text(dob)), ("limit", limit))
-        if comparison == "below":  # true until the day before `reached`
-            return Verdict(PASS, inputs, (), reached) if on < reached else Verdict(FAIL, inputs, (), None)
-        if comparison == "at_least":  # true from `reached`
-            return Verdict(PASS, inputs, (), None) if on >= reached else Verdict(FAIL, inputs, (), reached)
-        # at_most: true up to and including the day `reached`
-        if on <= reached:
-            return Verdict(PASS, inputs, (), reached + _ONE_DAY)
-        return Verdict(FAIL, inputs, (), None)
-
-    return AgePredicate(check)
+    return AgePredicate(comparison, _months(params))
 
 
 class AgePredicate:
     """A predicate reading only the settled date of birth and the date: its answers can be shared.
 
     It flips at most once: on its `next_change` a pass turns to fail (or a fail to pass) for good,
-    with no later change, so the engine projects future answers without asking again.
+    with no later change, so the engine projects future answers without asking again. `signature`
+    (comparison, months) names the answer: predicates with the same signature answer alike, and the
+    verdict is kept under it in `Context.age_verdicts()`, so every programme's "under 18" and every
+    child born the same day, assessed the same day, read one verdict.
     """
 
-    __slots__ = ("check",)
+    __slots__ = ("_limit_input", "comparison", "key", "limit", "months", "signature")
 
-    def __init__(self, check: Predicate) -> None:
-        self.check = check
+    def __init__(self, comparison: str, months: int) -> None:
+        if comparison not in ("below", "at_least", "at_most"):
+            raise RulebookError(f"unknown age comparison {comparison!r}")
+        self.comparison = comparison
+        self.months = months
+        self.limit = _describe_limit(months)
+        self._limit_input = ("limit", self.limit)
+        self.signature = (comparison, months)
+        # The signature as a small number: the verdict's key in `age_verdicts`, hashed on every read.
+        self.key = _AGE_KEYS.setdefault(self.signature, len(_AGE_KEYS))
 
     def __call__(self, ctx: Context) -> Verdict:
-        """Return the verdict for the child and date of `ctx`."""
-        return self.check(ctx)
+        """Return the verdict for the child and date of `ctx` (shared, see the class)."""
+        verdicts = ctx.age_verdicts()
+        verdict: Verdict | None = verdicts.get(self.key)
+        if verdict is None:
+            verdict = verdicts[self.key] = self.decide(ctx)
+        return verdict
+
+    def decide(self, ctx: Context) -> Verdict:
+        """Work the verdict out (`__call__` shares it)."""
+        dob = ctx.date_of_birth
+        if dob is None:
+            return Verdict(UNKNOWN, (self._limit_input,), ("dates_of_birth",), None)
+        reached = add_months(dob, self.months)  # the day the child reaches the limit
+        on = ctx.on
+        inputs = (*ctx.age_inputs(dob), self._limit_input)
+        comparison = self.comparison
+        if comparison == "below":  # true until the day before `reached`
+            return _new_verdict((PASS, inputs, (), reached) if on < reached else (FAIL, inputs, (), None))
+        if comparison == "at_least":  # true from `reached`
+            return _new_verdict((PASS, inputs, (), None) if on >= reached else (FAIL, inputs, (), reached))
+        # at_most: true up to and including the day `reached`
+        if on <= reached:
+            return _new_verdict((PASS, inputs, (), reached + _ONE_DAY))
+        return _new_verdict((FAIL, inputs, (), None))
 
 
 class WindowPredicate:

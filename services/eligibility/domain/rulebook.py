@@ -129,6 +129,9 @@ class Rulebook:
     areas: Mapping[str, Area]
     # Rule sets in force by date: the rule sets are a frozen tuple, so an entry can never go stale.
     in_force_memo: dict[date, tuple[RuleSet, ...]] = field(default_factory=dict, compare=False, repr=False)
+    # The engine's tables for a date (rule sets in force with their shared answers), kept here so they
+    # live and die with the rulebook they were made from.
+    day_memo: dict[date, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def programme_ids(self) -> tuple[str, ...]:
