@@ -6,6 +6,7 @@ notifier (who is told) all read the same registry.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
@@ -13,6 +14,8 @@ from importlib import resources
 from typing import Any
 
 import yaml
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Role(StrEnum):
@@ -35,21 +38,35 @@ class Organisation:
     roles: frozenset[Role]
     referrer_kind: str = ""
     gss_codes: frozenset[str] = field(default_factory=frozenset)
+    # An LA platform that takes its notifications over NATS: the GSS code its partner subjects name.
+    nats_gss: str = ""
 
 
 class UnknownOrganisationError(LookupError):
     """Raised for an organisation id that is not in the registry."""
 
 
+class RegistryError(ValueError):
+    """Raised for a registry entry that contradicts itself (so it fails at start, not at delivery)."""
+
+
 def _parse(entry: dict[str, Any]) -> Organisation:
-    return Organisation(
+    org = Organisation(
         id=str(entry["id"]),
         name=str(entry["name"]),
         kind=str(entry["kind"]),
         roles=frozenset(Role(r) for r in entry.get("roles", [])),
         referrer_kind=str(entry.get("referrer_kind", "")),
         gss_codes=frozenset(str(c) for c in entry.get("gss_codes", [])),
+        nats_gss=str(entry.get("nats_gss", "")),
     )
+    if org.nats_gss and (Role.LA_PLATFORM not in org.roles or org.nats_gss not in org.gss_codes):
+        # The partner subject names one LA: only that LA's own platform may be given it.
+        raise RegistryError(f"{org.id}: nats_gss must be one of its gss_codes, on an la-platform")
+    if org.nats_gss and not (_TOKEN.fullmatch(org.id) and _TOKEN.fullmatch(org.nats_gss)):
+        # Both become NATS subject tokens and a consumer name (no dots, wildcards or spaces).
+        raise RegistryError(f"{org.id!r}: an organisation on NATS needs an id and nats_gss of [A-Za-z0-9_-]")
+    return org
 
 
 @cache

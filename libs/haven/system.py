@@ -23,8 +23,13 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from haven.kit.nats_server import EmbeddedNats, NatsUser, free_port, start_embedded_nats
-from haven.kit.topology import routed_subject
-from haven.organisations import Role, load_organisations
+from haven.kit.topology import (
+    PARTNER_STREAM,
+    partner_consumer,
+    partner_subjects,
+    routed_subject,
+)
+from haven.organisations import Organisation, Role, load_organisations
 
 SERVICE_NAMES = ("eligibility", "referral_router", "notifier", "gateway")
 
@@ -72,34 +77,94 @@ class SystemConfig:
 
 
 NATS_CREDENTIALS_FILE = "nats-credentials.json"
+# The notifier's signing secret per LA platform on NATS: "<organisation id>=<secret>,...".
+NATS_SIGNING_SECRETS_ENV = "HAVEN_NATS_SIGNING_SECRETS"
+
+
+def _platforms() -> list[Organisation]:
+    return sorted(
+        (o for o in load_organisations().values() if Role.LA_PLATFORM in o.roles and o.gss_codes),
+        key=lambda o: o.id,
+    )
+
+
+def platform_user(organisation: Organisation, password: str) -> NatsUser:
+    """Return an LA platform's NATS user: its own routing events and partner notifications only.
+
+    With ``nats_gss`` it may also read the backlog of its durable consumer (fetch, info, ack) through
+    reply subjects under its own inbox prefix; nothing of another LA's, and it publishes no event.
+    """
+    name = f"la-{organisation.id}"
+    subscribe = [routed_subject(c) for c in sorted(organisation.gss_codes)]
+    publish: list[str] = []
+    inbox = ""
+    if organisation.nats_gss:
+        consumer = partner_consumer(organisation.id)
+        inbox = f"_INBOX.{name}"
+        subscribe += [partner_subjects(organisation.nats_gss), f"{inbox}.>"]
+        publish = [
+            f"$JS.API.CONSUMER.MSG.NEXT.{PARTNER_STREAM}.{consumer}",
+            f"$JS.API.CONSUMER.INFO.{PARTNER_STREAM}.{consumer}",
+            f"$JS.ACK.{PARTNER_STREAM}.{consumer}.>",
+        ]
+    return NatsUser(name, password, tuple(subscribe), tuple(publish), inbox)
+
+
+def _credentials(data_dir: Path) -> dict[str, dict[str, str]]:
+    path = data_dir / NATS_CREDENTIALS_FILE
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    return {
+        "passwords": dict(stored.get("passwords", {})),
+        "signing_secrets": dict(stored.get("signing_secrets", {})),
+    }
 
 
 def nats_users(data_dir: Path) -> list[NatsUser]:
     """Return the embedded server's users: the services (full access), then one per LA platform.
 
     Each LA platform may subscribe only to the routing events of its own area(s)
-    (``haven.routing.v1.routed.<GSS>``). Passwords are made once and kept in
-    ``<data dir>/nats-credentials.json`` (mode 0600), which is where an LA's credentials are handed
-    out from; the subjects follow the organisation registry at every start.
+    (``haven.routing.v1.routed.<GSS>``) and, with ``nats_gss``, to its notifications
+    (``haven.partner.v1.<GSS>.notification.>``, see ``platform_user``). Passwords and the notifier's
+    signing secrets are made once and kept in ``<data dir>/nats-credentials.json`` (mode 0600), which
+    is where an LA's credentials are handed out from; the subjects follow the organisation registry at
+    every start.
     """
     path = data_dir / NATS_CREDENTIALS_FILE
-    passwords: dict[str, str] = json.loads(path.read_text())["passwords"] if path.exists() else {}
-    platforms = sorted(
-        (o for o in load_organisations().values() if Role.LA_PLATFORM in o.roles and o.gss_codes),
-        key=lambda o: o.id,
-    )
+    stored = _credentials(data_dir)
+    passwords, secrets_by_org = stored["passwords"], stored["signing_secrets"]
+    platforms = _platforms()
     names = ["haven-services", *(f"la-{o.id}" for o in platforms)]
     for name in names:
         passwords.setdefault(name, secrets.token_urlsafe(24))
+    for o in platforms:
+        if o.nats_gss:
+            secrets_by_org.setdefault(o.id, secrets.token_urlsafe(32))
     users = [NatsUser(names[0], passwords[names[0]])]
-    users += [
-        NatsUser(f"la-{o.id}", passwords[f"la-{o.id}"], tuple(routed_subject(c) for c in sorted(o.gss_codes)))
-        for o in platforms
-    ]
-    listing = {u.user: {"password": u.password, "subscribe": list(u.subscribe or [">"])} for u in users}
-    path.write_text(json.dumps({"passwords": passwords, "users": listing}, indent=2))
+    users += [platform_user(o, passwords[f"la-{o.id}"]) for o in platforms]
+    listing: dict[str, dict[str, object]] = {}
+    for u in users:
+        listing[u.user] = {"password": u.password, "subscribe": list(u.subscribe or [">"])}
+        if u.publish:
+            listing[u.user]["publish"] = list(u.publish)
+        if u.inbox_prefix:
+            listing[u.user]["inbox_prefix"] = u.inbox_prefix
+    for o in platforms:
+        if o.nats_gss:
+            listing[f"la-{o.id}"].update(
+                signing_secret=secrets_by_org[o.id],
+                consumer=partner_consumer(o.id),
+                stream=PARTNER_STREAM,
+            )
+    path.write_text(
+        json.dumps({"passwords": passwords, "signing_secrets": secrets_by_org, "users": listing}, indent=2)
+    )
     path.chmod(0o600)
     return users
+
+
+def nats_signing_secrets(data_dir: Path) -> dict[str, str]:
+    """Return the signing secret of each LA platform on NATS (made by ``nats_users``), by organisation."""
+    return _credentials(data_dir)["signing_secrets"]
 
 
 def grpc_serving(target: str, timeout: float = 1.0) -> bool:
@@ -176,8 +241,13 @@ class HavenSystem:
             handle = open(self.config.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
             self._log_files.append(handle)
             output = handle
+        env = self.service_env()
+        signing = nats_signing_secrets(self.config.data_dir) if self.nats is not None else {}
+        if name == "notifier" and signing and NATS_SIGNING_SECRETS_ENV not in self.config.extra_env:
+            # Only the notifier signs partner notifications: no other service gets the secrets.
+            env[NATS_SIGNING_SECRETS_ENV] = ",".join(f"{org}={secret}" for org, secret in signing.items())
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env=self.service_env(), stdout=output, stderr=output
+            [sys.executable, "-m", f"services.{name}"], env=env, stdout=output, stderr=output
         )
 
     def wait_ready(self, name: str, timeout: float = 60.0) -> None:

@@ -14,6 +14,16 @@ subscriptions may share one URL), and ``parked_for`` tells the lanes when an end
 
 Email work items (channel EMAIL, key ``email-<recipient>``) go the same way through ``mailer.Mailer``:
 the SMTP server has its own breaker, and the record, retries and dead letter are those of a rest-hook.
+
+NATS work items (channel NATS, key ``nats-<organisation>``) are for LA platforms (``PartnerNats``):
+the same bytes and headers as a rest-hook (the projection, signed with the platform's secret; the
+notification id also as ``Nats-Msg-Id``) are published to ``haven.partner.v1.<GSS>.notification.<event
+type>`` in the stream HAVEN_PARTNER, where only that LA may read them, live or from its durable
+consumer ``partner-<organisation>`` after being offline. JetStream's ack is the receipt.
+
+Recipient gaps (key ``unresolved-<role>``: a required role had no organisation when the event was
+planned) reach the deliverer only when an operator redrives one: ``resolve_gap`` (the planner) looks
+for the organisation again and plans its notification; if there is still none, it is dead again.
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -37,6 +49,7 @@ from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
 from haven.kit.timestamps import to_timestamp
 from haven.notification.v1 import notification_pb2
+from haven.organisations import Organisation, load_organisations
 from services.notifier.domain.backport import (
     EVENT_NOTIFICATION,
     SubscriptionEvent,
@@ -49,6 +62,7 @@ from services.notifier.ledger import (
     DEAD,
     DELIVERED,
     FINAL_STATES,
+    RESOLVED,
     RETRYING,
     DeliveryLedger,
     record_key,
@@ -69,6 +83,52 @@ DEFAULT_ENDPOINT_IN_FLIGHT = 4
 # Items waiting for a retry or an open breaker stay pending on the consumer (nak with delay); a dead
 # endpoint's backlog must never use up the window that the healthy endpoints' items need.
 DEFAULT_MAX_ACK_PENDING = 100_000
+
+# The delivery record's "subscription" of an LA platform on NATS, and of a required role that had no
+# organisation: a lane and record key of their own, like ``email-<recipient>``.
+NATS_KEY_PREFIX = "nats-"
+UNRESOLVED_KEY_PREFIX = "unresolved-"
+# The "endpoint" of every NATS delivery (for its breaker and in-flight cap): JetStream itself.
+NATS_ENDPOINT = f"nats://{topology.PARTNER_STREAM}"
+# Seconds JetStream has to acknowledge a partner notification.
+_NATS_PUBLISH_TIMEOUT = 5.0
+
+# Looks for a gap's organisation again and plans its notification; returns the organisations found.
+GapResolver = Callable[[notification_pb2.NotificationRequested, dict[str, Any]], Awaitable[list[str]]]
+
+
+def nats_key(organisation_id: str) -> str:
+    """Return the lane and record key of an LA platform's NATS channel."""
+    return f"{NATS_KEY_PREFIX}{organisation_id}"
+
+
+def unresolved_key(role: str) -> str:
+    """Return the lane and record key of a required role that has no organisation."""
+    return f"{UNRESOLVED_KEY_PREFIX}{role}"
+
+
+@dataclass(frozen=True)
+class PartnerNats:
+    """LA platforms that take notifications on NATS: the GSS code of their subjects and their secret.
+
+    An organisation is on NATS when the registry gives it ``nats_gss`` (an LA platform's own GSS code)
+    and a signing secret is configured for it (``HAVEN_NATS_SIGNING_SECRETS``; ``haven up`` makes them
+    and hands them out with the platform's NATS credentials).
+    """
+
+    secrets: Mapping[str, str]
+    organisations: Mapping[str, Organisation] = field(default_factory=load_organisations)
+
+    def gss_for(self, organisation_id: str) -> str | None:
+        """Return the GSS code the organisation's partner subjects name, or None when it is not on NATS."""
+        organisation = self.organisations.get(organisation_id)
+        if organisation is None or not organisation.nats_gss or not self.secrets.get(organisation_id):
+            return None
+        return organisation.nats_gss
+
+    def secret_for(self, organisation_id: str) -> bytes:
+        """Return the organisation's signing secret (empty when none is configured)."""
+        return self.secrets.get(organisation_id, "").encode()
 
 
 def delivery_consumer(
@@ -110,6 +170,8 @@ class Deliverer:
         on_sent: Callable[[str], None] | None = None,
         mailer: Mailer | None = None,
         endpoint_in_flight: int = DEFAULT_ENDPOINT_IN_FLIGHT,
+        partners: PartnerNats | None = None,
+        resolve_gap: GapResolver | None = None,
     ) -> None:
         self._js = js
         self._ledger = ledger
@@ -123,10 +185,17 @@ class Deliverer:
         self._mailer = mailer
         self._in_flight = endpoint_in_flight
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._partners = partners
+        self._resolve_gap = resolve_gap
+        self._partner_consumers: set[str] = set()
 
     def parked_for(self, request: notification_pb2.NotificationRequested) -> float:
         """Return how long the item's endpoint is known to be down (0: try it), from memory only."""
-        if request.subscription_id.startswith(EMAIL_KEY_PREFIX):
+        if request.subscription_id.startswith(UNRESOLVED_KEY_PREFIX):
+            endpoint = ""
+        elif request.subscription_id.startswith(NATS_KEY_PREFIX):
+            endpoint = NATS_ENDPOINT
+        elif request.subscription_id.startswith(EMAIL_KEY_PREFIX):
             endpoint = self._mailer.endpoint if self._mailer is not None else ""
         else:
             record = self._subscriptions.cached(request.subscription_id)
@@ -145,9 +214,21 @@ class Deliverer:
         if record.get("state") in FINAL_STATES:
             await self._ledger.release(request.subscription_id, request.referral_id, sequence, self._clock())
             return
+        if request.subscription_id.startswith(UNRESOLVED_KEY_PREFIX):
+            await self._gap(request, key, record, sequence)
+            return
         email_to = ""
+        partner_gss = ""
         subscription: dict[str, Any]
-        if request.subscription_id.startswith(EMAIL_KEY_PREFIX):
+        if request.subscription_id.startswith(NATS_KEY_PREFIX):
+            gss = self._partners.gss_for(request.recipient_organisation_id) if self._partners else None
+            if gss is None:
+                await self._ledger.release(
+                    request.subscription_id, request.referral_id, sequence, self._clock()
+                )
+                raise bus.Unprocessable("recipient is not an LA platform on NATS, or has no signing secret")
+            partner_gss, subscription = gss, {"endpoint": NATS_ENDPOINT}
+        elif request.subscription_id.startswith(EMAIL_KEY_PREFIX):
             address = self._mailer.address_for(request.recipient_organisation_id) if self._mailer else None
             if address is None or self._mailer is None:
                 await self._ledger.release(
@@ -182,16 +263,22 @@ class Deliverer:
         attempt = _int(record.get("attempts")) + 1
         record = await self._with_event_number(request, record)
         async with self._slot(endpoint):
-            if email_to and self._mailer is not None:
+            if partner_gss:
+                # No status code on NATS (0, as for no answer): JetStream's ack is the receipt.
+                status = 0
+                delivered, detail, timed_out = await self._publish_partner(request, partner_gss)
+            elif email_to and self._mailer is not None:
                 status, detail, timed_out = await self._mailer.send(request, email_to)
+                delivered = 200 <= status < 300
             else:
                 body = await self._body(request, subscription, record, now)
                 secret = str(subscription["secret"]).encode()
                 status, detail, timed_out = await self._post(request, endpoint, secret, body)
+                delivered = 200 <= status < 300
         record.update(
             attempts=attempt, last_status=status, last_detail=detail, last_attempt_at=now.isoformat()
         )
-        if 200 <= status < 300:
+        if delivered:
             breaker.record_success()
             if self._on_sent is not None:
                 self._on_sent(request.subscription_id)
@@ -215,6 +302,78 @@ class Deliverer:
             self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_RETRYING, status, detail),
         )
         raise bus.RetryLater(f"delivery attempt {attempt} failed ({detail})", delay=delay)
+
+    async def _gap(
+        self, request: notification_pb2.NotificationRequested, key: str, record: dict[str, Any], sequence: int
+    ) -> None:
+        """Handle a redriven recipient gap: plan it for the role's organisation now, or dead-letter again."""
+        attempt = _int(record.get("attempts")) + 1
+        found = await self._resolve_gap(request, record) if self._resolve_gap is not None else []
+        now = self._clock()
+        record.update(attempts=attempt, last_status=0, last_attempt_at=now.isoformat())
+        if not found:
+            reason = f"no organisation for required role {record.get('unresolved_role', '')}"
+            record.update(last_detail=reason)
+            await self._dead_letter(request, key, record, sequence, attempt, 0, reason)
+            return
+        record.update(
+            state=RESOLVED,
+            resolved_to=found,
+            resolved_at=now.isoformat(),
+            last_detail=f"planned for {len(found)} organisation(s)",
+            next_attempt_at=None,
+        )
+        await self._ledger.put_record(key, record)
+        await self._ledger.release(request.subscription_id, request.referral_id, sequence, now)
+        log_event(
+            _log,
+            "recipient gap resolved",
+            notification_id=request.notification_id,
+            referral_id=request.referral_id,
+            role=str(record.get("unresolved_role", "")),
+            recipients=found,
+        )
+
+    async def _publish_partner(
+        self, request: notification_pb2.NotificationRequested, gss: str
+    ) -> tuple[bool, str, bool]:
+        """Publish the signed projection on the LA's partner subject; return (stored, detail, timed out)."""
+        organisation_id = request.recipient_organisation_id
+        body = bytes(request.payload_json)
+        secret = self._partners.secret_for(organisation_id) if self._partners else b""
+        headers = delivery_headers(
+            request.notification_id, request.event_type, body, secret, int(self._clock().timestamp())
+        )
+        # The idempotency key is also JetStream's: a repeat inside the duplicate window is not stored.
+        headers["Nats-Msg-Id"] = request.notification_id
+        subject = topology.partner_subject(gss, request.event_type)
+        with telemetry.tracer(__name__).start_as_current_span("deliver nats") as span:
+            span.set_attribute("haven.notification_id", request.notification_id)
+            span.set_attribute("haven.recipient", organisation_id)
+            span.set_attribute("messaging.destination.name", subject)
+            try:
+                await self._ensure_partner_consumer(organisation_id, gss)
+                ack = await self._js.publish(
+                    subject, body, headers=telemetry.inject_headers(headers), timeout=_NATS_PUBLISH_TIMEOUT
+                )
+            except (nats.errors.Error, TimeoutError) as error:
+                span.set_attribute("haven.delivery_error", type(error).__name__)
+                timed_out = isinstance(error, (nats.errors.TimeoutError, TimeoutError))
+                return False, f"NATS {type(error).__name__}", timed_out
+            return True, f"JetStream {ack.stream} {ack.seq}", False
+
+    async def _ensure_partner_consumer(self, organisation_id: str, gss: str) -> None:
+        """Create the LA's durable consumer once per process, so its backlog waits for it from the start."""
+        if organisation_id in self._partner_consumers:
+            return
+        spec = bus.ConsumerSpec(
+            stream=topology.PARTNER_STREAM,
+            durable=topology.partner_consumer(organisation_id),
+            subjects=(topology.partner_subjects(gss),),
+            max_deliver=-1,
+        )
+        await bus.ensure_consumer(self._js, spec)
+        self._partner_consumers.add(organisation_id)
 
     async def _dead_letter(
         self,

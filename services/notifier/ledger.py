@@ -3,6 +3,8 @@
 - ``haven_deliveries``, key ``<notification id>.<subscription id>``: one record per notification and
   subscription (state, attempts, last answer, times); what operators and `$dead-letters` read. An
   index key ``referral.<referral id>.<notification id>.<subscription id>`` lists a referral's records.
+  A recipient gap has the key ``<gap notification id>.unresolved-<role>`` and also holds the role, the
+  GSS code and the source event id, so a redrive can find the organisation then.
 - ``haven_deliveries``, key ``order.<subscription id>.<referral id>``: the hold that keeps a
   recipient's notifications about one referral in order while an earlier one waits for a retry.
 - ``haven_deliveries``, key ``missing.<referral id>``: the open missing episode (id, missing_since),
@@ -28,12 +30,14 @@ from haven.kit import topology
 from haven.kit.kv_keys import list_bucket_keys
 from services.notifier.domain.backport import SubscriptionEvent
 
-# Delivery states. "dead" and "delivered" are final until an operator redrives a dead one.
+# Delivery states. "dead" and "delivered" are final until an operator redrives a dead one; "resolved"
+# is final for a recipient gap (a required role had no organisation) once it was planned for one.
 DELIVERED = "delivered"
 RETRYING = "retrying"
 DEAD = "dead"
 REDRIVEN = "redriven"
-FINAL_STATES = frozenset({DELIVERED, DEAD})
+RESOLVED = "resolved"
+FINAL_STATES = frozenset({DELIVERED, DEAD, RESOLVED})
 
 
 def record_key(notification_id: str, subscription_id: str) -> str:

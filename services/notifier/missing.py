@@ -14,27 +14,29 @@ nothing:
 - missing_since cleared while an episode is open: `missing-episode-reported` with episode_status
   `found` and ``found_at``; the episode's schedules are removed.
 
-Schedules live in the stream ``HAVEN_NOTIFIER_SCHEDULES`` (``allow_msg_schedules``), one subject per
-referral and schedule entry, ``haven.notification.v1.schedule.<referral>.<schedule id>``, with
-``Nats-Schedule: @at <UTC>`` and ``Nats-Schedule-Target: haven.notification.v1.review-due``; the body is a
-small JSON ``ScheduledReview`` (ids, codes and times only). The server keeps them across restarts and
-fires each once; the consumer ``notifier-reviews`` raises `review-due` for a fired one whose episode is
-still open. Every id derives from the referral, the episode and the schedule entry, so redelivery
-publishes nothing twice.
+Schedules are kept by ``services.notifier.schedules`` (kind ``MISSING_REVIEWS``): one message schedule
+per referral and entry, ``haven.notification.v1.schedule.<referral>.<schedule id>``, fired onto
+``haven.notification.v1.review-due`` with a small JSON ``ScheduledReview`` (ids, codes and times only).
+The server keeps them across restarts and fires each once; the consumer ``notifier-reviews`` raises
+`review-due` for a fired one whose episode is still open. Every id derives from the referral, the
+episode and the schedule entry, so redelivery publishes nothing twice.
+
+A closed referral (``services.notifier.closures``) raises nothing here: neither a late missing or
+found report nor a review that fires after the close; the close purges the schedules and forgets the
+open episode (``forget``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from haven.kit import bus, topology
@@ -44,47 +46,49 @@ from haven.kit.logs import log_event
 from haven.kit.resources import ResourceStore
 from haven.referral.v1 import referral_pb2
 from services.notifier.changes import open_tasks
-from services.notifier.domain import SourceEvent, TaskRef, scheduled_events
+from services.notifier.closures import ClosedReferrals
+from services.notifier.domain import ProjectionError, SourceEvent, TaskRef
 from services.notifier.domain.policy import Anchor
 from services.notifier.domain.recipients import referral_facts
 from services.notifier.planner import NotificationPlanner
+from services.notifier.schedules import (
+    MISSING_REVIEWS,
+    SCHEDULE_STREAM,
+    JsonBody,
+    Scheduler,
+    due_entries,
+    entry_for,
+    is_token,
+    parse_instant,
+)
 
 _log = logging.getLogger(__name__)
 
 MISSING_EVENT = "missing-episode-reported"
 REVIEW_EVENT = "review-due"
-SCHEDULE_STREAM = "HAVEN_NOTIFIER_SCHEDULES"
-SCHEDULE_PREFIX = "haven.notification.v1.schedule"  # + ".<referral id>.<schedule id>"
-REVIEW_DUE = "haven.notification.v1.review-due"  # ScheduledReview JSON, fired by the server
+SCHEDULE_PREFIX = MISSING_REVIEWS.prefix  # + ".<referral id>.<schedule id>"
+REVIEW_DUE = MISSING_REVIEWS.target  # ScheduledReview JSON, fired by the server
+__all__ = [
+    "FACTS_CONSUMER",
+    "MISSING_EVENT",
+    "REVIEWS_CONSUMER",
+    "REVIEW_DUE",
+    "REVIEW_EVENT",
+    "SCHEDULE_PREFIX",
+    "SCHEDULE_STREAM",
+    "MissingEpisodes",
+    "ScheduledReview",
+    "missing_since_instant",
+]
 
 FACTS_CONSUMER = bus.ConsumerSpec(
     stream="HAVEN_REFERRALS", durable="notifier-missing", subjects=(topology.REFERRAL_FACTS_UPDATED,)
 )
-REVIEWS_CONSUMER = bus.ConsumerSpec(
-    stream=SCHEDULE_STREAM, durable="notifier-reviews", subjects=(REVIEW_DUE,)
-)
-
-
-async def ensure_schedule_stream(js: JetStreamContext) -> None:
-    """Create the notifier's schedule stream if it does not exist (its data is left alone)."""
-    config = StreamConfig(
-        name=SCHEDULE_STREAM,
-        subjects=[f"{SCHEDULE_PREFIX}.>", REVIEW_DUE],
-        storage=StorageType.FILE,
-        duplicate_window=topology.DUPLICATE_WINDOW_SECONDS,
-        allow_msg_schedules=True,
-    )
-    try:
-        await js.stream_info(SCHEDULE_STREAM)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.stream_info(SCHEDULE_STREAM)  # another notifier made it first
+REVIEWS_CONSUMER = MISSING_REVIEWS.consumer
 
 
 @dataclass(frozen=True)
-class ScheduledReview:
+class ScheduledReview(JsonBody):
     """What a fired schedule carries: enough to raise `review-due` without reading the child's facts."""
 
     event_id: str
@@ -94,27 +98,6 @@ class ScheduledReview:
     anchor_at: str
     local_authority_gss: str
     referrer_organisation_id: str
-
-    def to_bytes(self) -> bytes:
-        """Return the canonical JSON body."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ScheduledReview:
-        """Read a body written by ``to_bytes``."""
-        return cls(**{k: str(v) for k, v in json.loads(data).items()})
-
-
-def _is_token(value: str) -> bool:
-    return bool(value) and len(value) <= 128 and all(c.isalnum() or c in "-_" for c in value)
-
-
-def at_header(instant: datetime) -> str:
-    """Return the ``Nats-Schedule`` value of a one-off schedule, whole seconds, never early."""
-    utc = instant.astimezone(UTC)
-    if utc.microsecond:
-        utc = utc.replace(microsecond=0) + timedelta(seconds=1)
-    return f"@at {utc.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 def missing_since_instant(value: str) -> datetime:
@@ -130,19 +113,17 @@ class MissingEpisodes:
 
     def __init__(
         self,
-        js: JetStreamContext,
         store: ResourceStore,
         planner: NotificationPlanner,
         episodes: KeyValue,
-        clock: Clock = system_clock,
-        wall_clock: Clock = system_clock,
+        scheduler: Scheduler,
+        closed: ClosedReferrals,
     ) -> None:
-        self._js = js
         self._store = store
         self._planner = planner
         self._episodes = episodes
-        self._clock = clock
-        self._wall_clock = wall_clock
+        self._scheduler = scheduler
+        self._closed = closed
 
     @classmethod
     async def open(
@@ -151,16 +132,16 @@ class MissingEpisodes:
         planner: NotificationPlanner,
         clock: Clock = system_clock,
         wall_clock: Clock = system_clock,
+        closed: ClosedReferrals | None = None,
     ) -> MissingEpisodes:
         """Bind to the buckets and make sure the schedule stream exists."""
-        await ensure_schedule_stream(js)
+        store = await ResourceStore.open(js)
         return cls(
-            js,
-            await ResourceStore.open(js),
+            store,
             planner,
             await js.key_value(topology.BUCKET_DELIVERIES),
-            clock,
-            wall_clock,
+            await Scheduler.open(js, clock, wall_clock),
+            closed or await ClosedReferrals.open(js, store),
         )
 
     # ---- facts updated -----------------------------------------------------------------------------
@@ -169,7 +150,7 @@ class MissingEpisodes:
         """Handle one ReferralFactsUpdated."""
         event = referral_pb2.ReferralFactsUpdated.FromString(msg.data)
         referral_id = event.referral_id
-        if not _is_token(referral_id):
+        if not is_token(referral_id):
             raise bus.Unprocessable("referral id is not a subject token")
         episode = await self._open_episode(referral_id)
         occurred_at = event.occurred_at.ToDatetime(tzinfo=UTC)
@@ -177,7 +158,10 @@ class MissingEpisodes:
         if since:
             if episode is not None and episode.get("missing_since") == since:
                 return  # already reported (a repeat, or another fact changed)
-            anchor = missing_since_instant(since)
+            try:
+                anchor = missing_since_instant(since)
+            except ValueError:
+                raise bus.Unprocessable("missing_since is not an ISO date or date-time") from None
             episode_id = derived_id("missing-episode", referral_id, since)
             facts: dict[str, Any] = {"episode_status": "missing", "missing_since": anchor}
         elif episode is not None:
@@ -185,6 +169,10 @@ class MissingEpisodes:
             anchor = missing_since_instant(str(episode["missing_since"]))
             facts = {"episode_status": "found", "missing_since": anchor, "found_at": occurred_at}
         else:
+            return
+        if await self._closed.is_closed(referral_id):
+            # Facts published just before the close: the episode of a closed referral is not reported.
+            log_event(_log, "missing episode of a closed referral ignored", referral_id=referral_id)
             return
         base = {k: v for k, v in referral_facts(event.facts).items() if k != "missing_on_referral"}
         source = SourceEvent(
@@ -196,16 +184,22 @@ class MissingEpisodes:
             tasks=await self._tasks(referral_id),
             facts={**base, "referral_id": referral_id, "episode_id": episode_id, **facts},
         )
-        await self._planner.plan(MISSING_EVENT, source)
+        try:
+            await self._planner.plan(MISSING_EVENT, source)
+        except ProjectionError as bad:
+            raise bus.Unprocessable(f"missing episode facts refused: {bad}") from None
         if since:
             await self._schedule(source, episode_id, anchor)
             await self._episodes.put(
                 _episode_key(referral_id),
                 json.dumps({"episode_id": episode_id, "missing_since": since}).encode(),
             )
+            # Closed while this ran (the close's purge may have come before these schedules)? Then
+            # remove them again: whichever of the two finishes last leaves nothing behind.
+            if await self._closed.is_closed(referral_id):
+                await self.forget(referral_id)
         else:
-            await self._cancel(referral_id)
-            await self._episodes.delete(_episode_key(referral_id))
+            await self.forget(referral_id)
         log_event(
             _log,
             "missing episode reported",
@@ -213,6 +207,11 @@ class MissingEpisodes:
             episode_id=episode_id,
             episode_status=str(facts["episode_status"]),
         )
+
+    async def forget(self, referral_id: str) -> None:
+        """Cancel the referral's missing reviews and remove its open episode (found, or closed)."""
+        await self._scheduler.cancel(MISSING_REVIEWS, (referral_id,))
+        await self._episodes.delete(_episode_key(referral_id))
 
     async def _open_episode(self, referral_id: str) -> dict[str, Any] | None:
         try:
@@ -227,13 +226,8 @@ class MissingEpisodes:
 
     # ---- schedules ---------------------------------------------------------------------------------
 
-    def fire_at(self, raise_at: datetime) -> datetime:
-        """Return the server (wall-clock) instant for ``raise_at`` on the service's clock, never past."""
-        wall = self._wall_clock()
-        return max(wall + (raise_at - self._clock()), wall + timedelta(seconds=1))
-
     async def _schedule(self, source: SourceEvent, episode_id: str, anchor: datetime) -> None:
-        for planned in scheduled_events(Anchor.MISSING_SINCE, anchor):
+        for planned in due_entries(Anchor.MISSING_SINCE, anchor, source.facts):
             review = ScheduledReview(
                 event_id=planned.event_id(source.referral_id),
                 referral_id=source.referral_id,
@@ -243,42 +237,28 @@ class MissingEpisodes:
                 local_authority_gss=source.local_authority_gss,
                 referrer_organisation_id=source.referrer_organisation_id,
             )
-            headers = {
-                "Nats-Schedule": at_header(self.fire_at(planned.raise_at)),
-                "Nats-Schedule-Target": REVIEW_DUE,
-                "Nats-Msg-Id": derived_id("review-schedule", review.event_id),
-            }
-            subject = f"{SCHEDULE_PREFIX}.{source.referral_id}.{planned.schedule_id}"
-            await self._js.publish(subject, review.to_bytes(), headers=headers)
-
-    async def _cancel(self, referral_id: str) -> None:
-        prefix = f"{SCHEDULE_PREFIX}.{referral_id}"
-        info = await self._js.stream_info(SCHEDULE_STREAM, subjects_filter=f"{prefix}.>")
-        for subject in info.state.subjects or {}:
-            await self._js.purge_stream(SCHEDULE_STREAM, subject=subject)
+            await self._scheduler.schedule(
+                MISSING_REVIEWS,
+                (source.referral_id, planned.schedule_id),
+                review,
+                planned.raise_at,
+                review.event_id,
+            )
 
     async def handle_review(self, msg: Msg) -> None:
         """Raise `review-due` for a fired schedule whose missing episode is still open."""
-        try:
-            review = ScheduledReview.from_bytes(msg.data)
-        except (ValueError, TypeError):
-            raise bus.Unprocessable("not a ScheduledReview") from None
+        review = ScheduledReview.from_bytes(msg.data)
+        if not is_token(review.referral_id):
+            raise bus.Unprocessable("referral id is not a subject token")
         episode = await self._open_episode(review.referral_id)
         if episode is None or episode.get("episode_id") != review.episode_id:
             return  # the child was found (or a newer episode began): nothing is due for this one
-        match = next(
-            (
-                s
-                for s in scheduled_events(Anchor.MISSING_SINCE, datetime.fromisoformat(review.anchor_at))
-                if s.schedule_id == review.schedule_id
-            ),
-            None,
-        )
-        if match is None:
-            raise bus.Unprocessable(f"no schedule entry {review.schedule_id} in the policies")
+        if await self._closed.is_closed(review.referral_id):
+            return  # fired as the referral was closed: its reviews are over
+        match = entry_for(Anchor.MISSING_SINCE, parse_instant(review.anchor_at), review.schedule_id)
         source = SourceEvent(
             event_id=review.event_id,
-            occurred_at=self._clock(),
+            occurred_at=self._scheduler.now(),
             referral_id=review.referral_id,
             local_authority_gss=review.local_authority_gss,
             referrer_organisation_id=review.referrer_organisation_id,

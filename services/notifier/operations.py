@@ -4,6 +4,11 @@ Used by the gateway's `$dead-letters` operations. A dead letter is a Notificatio
 HAVEN_DEAD_LETTERS stream whose delivery record is still `dead`; redriving it sets the record to
 `redriven` (the retry schedule starts again, attempt numbers go on) and publishes the work item again.
 A listing shows ids, states, codes and times only: never the payload, which holds a child's facts.
+
+A recipient gap (a required role had no organisation when the event was planned) is listed the same
+way, keyed ``<notification id>.unresolved-<role>``, with ``unresolved_role`` and the detail "no
+organisation for required role <role>"; redriving it after the organisation is configured plans the
+role's notification for it (``services.notifier.planner``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class DeadLetter:
             "last_detail": r.get("last_detail", ""),
             "dead_at": r.get("dead_at", ""),
             "redrives": r.get("redrives", 0),
+            # A recipient gap: which required role had no organisation (fix it, then redrive).
+            **({"unresolved_role": r["unresolved_role"]} if r.get("unresolved_role") else {}),
         }
 
 

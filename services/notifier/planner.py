@@ -9,6 +9,14 @@ finds each recipient's channels and publishes the work items that the delivery l
 - email (the policy says ``channel: email``): one item keyed ``email-<recipient>`` when an SMTP server
   and an address for the recipient are configured; otherwise the organisation's rest-hook
   Subscriptions, as for any other recipient.
+- NATS: one more item keyed ``nats-<organisation>`` for an LA platform on NATS (``PartnerNats``: the
+  registry's ``nats_gss`` and a signing secret), beside its rest-hook Subscriptions (not for email).
+
+A required role with no organisation (``RecipientGap``) does not stop the others: every resolvable
+recipient is planned, and the gap is recorded as a dead letter keyed ``unresolved-<role>`` (record
+state ``dead``, detail "no organisation for required role <role>") that operators see in
+``$dead-letters`` and ``$deliveries``, with a WARNING log (ids and codes only). Redriving it after the
+organisation is configured plans the role's notification for it (``resolve_gap``).
 
 Routing events arrive here (durable ``notifier-planner``): `referral-routed`, plus `no-capacity` and
 `emergency-without-bed` when ``event_types_for_routed`` says so. Missing episodes and scheduled reviews
@@ -19,24 +27,31 @@ event publishes nothing new (JetStream drops the repeated ``Nats-Msg-Id``).
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from haven.kit import bus, topology
+from haven.kit.clock import Clock, system_clock
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
+from haven.kit.timestamps import to_timestamp
 from haven.notification.v1 import notification_pb2
 from haven.routing.v1 import routing_pb2
+from services.notifier.deliverer import PartnerNats, nats_key, unresolved_key
 from services.notifier.domain import (
     PlannedNotification,
     RecipientDirectory,
     event_types_for_routed,
-    notifications_for,
 )
-from services.notifier.domain.planning import AnyEvent, UnresolvedRecipientError
-from services.notifier.domain.policy import Channel
+from services.notifier.domain.planning import AnyEvent, RecipientGap, plan_notifications
+from services.notifier.domain.policy import Channel, RecipientRole, Urgency
+from services.notifier.domain.recipients import SourceEvent, resolve_role
+from services.notifier.ledger import DEAD, DeliveryLedger, record_key
 from services.notifier.mailer import Mailer, email_key
 from services.notifier.subscriptions import SubscriptionCache
 
@@ -56,11 +71,16 @@ class NotificationPlanner:
         subscriptions: SubscriptionCache,
         directory: RecipientDirectory,
         mailer: Mailer | None = None,
+        partners: PartnerNats | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self._js = js
         self._subscriptions = subscriptions
         self._directory = directory
         self._mailer = mailer
+        self._partners = partners
+        self._ledger: DeliveryLedger | None = None
+        self._clock = clock
 
     async def handle(self, msg: Msg) -> None:
         """Handle one ReferralRouted message."""
@@ -69,17 +89,109 @@ class NotificationPlanner:
             await self.plan(event_type, routed)
 
     async def plan(self, event_type: str, event: AnyEvent) -> list[notification_pb2.NotificationRequested]:
-        """Plan one event under ``event_type``'s policy and publish a work item per channel."""
-        try:
-            planned = notifications_for(event_type, event, directory=self._directory)
-        except UnresolvedRecipientError as missing:
-            # A required recipient has no organisation in the registry or configuration: a gap that a
-            # person must fix; the event is kept (term) so it can be replayed once fixed.
-            raise bus.Unprocessable(f"no organisation for a required recipient: {missing}") from None
+        """Plan one event under ``event_type``'s policy and publish a work item per channel.
+
+        A required role without an organisation is recorded as a gap; the others are told all the same.
+        """
+        plan = plan_notifications(event_type, event, directory=self._directory)
         published: list[notification_pb2.NotificationRequested] = []
-        for notification in planned:
+        for notification in plan.notifications:
             published += await self._request_delivery(notification)
+        for gap in plan.gaps:
+            await self._record_gap(gap)
         return published
+
+    async def resolve_gap(
+        self, request: notification_pb2.NotificationRequested, record: dict[str, Any]
+    ) -> list[str]:
+        """Plan a redriven gap for the organisations that hold its role now; return them (none: still a gap).
+
+        The role is resolved from what the gap record kept (the LA's GSS code), so roles found by area
+        or configuration (LA, EDT, police, ICTG site, competent authority, on-call manager) can be
+        resolved later; a task owner or referrer cannot (they are named by the event only).
+        """
+        try:
+            gap = _gap_from(request, record)
+        except (KeyError, ValueError):
+            log_event(
+                _log,
+                "unreadable recipient gap record",
+                logging.WARNING,
+                notification_id=request.notification_id,
+            )
+            return []
+        source = SourceEvent(
+            event_id=gap.source_event_id,
+            occurred_at=gap.occurred_at,
+            referral_id=gap.referral_id,
+            local_authority_gss=gap.local_authority_gss,
+        )
+        organisations = resolve_role(gap.role, source, self._directory)
+        for organisation_id in organisations:
+            await self._request_delivery(gap.planned_for(organisation_id))
+        return organisations
+
+    async def _record_gap(self, gap: RecipientGap) -> None:
+        """Record a required role without an organisation as a dead letter operators see and can redrive."""
+        key = unresolved_key(str(gap.role))
+        request = gap.to_proto(key)
+        record_id = record_key(gap.notification_id, key)
+        if self._ledger is None:
+            self._ledger = await DeliveryLedger.open(self._js)
+        log_event(
+            _log,
+            "required recipient has no organisation",
+            logging.WARNING,
+            event_id=gap.source_event_id,
+            referral_id=gap.referral_id,
+            event_type=gap.event_type,
+            role=str(gap.role),
+            local_authority_gss=gap.local_authority_gss,
+            notification_id=gap.notification_id,
+        )
+        if await self._ledger.record(record_id):
+            return  # a replayed event: already recorded (and maybe redriven or resolved since)
+        now = self._clock()
+        record = {
+            "notification_id": gap.notification_id,
+            "subscription_id": key,
+            "referral_id": gap.referral_id,
+            "recipient_organisation_id": "",
+            "event_type": gap.event_type,
+            "state": DEAD,
+            "attempts": 1,
+            "last_status": 0,
+            "last_detail": gap.reason,
+            "unresolved_role": str(gap.role),
+            "local_authority_gss": gap.local_authority_gss,
+            "source_event_id": gap.source_event_id,
+            "channel": str(gap.channel),
+            "urgency": str(gap.urgency),
+            "requested_at": gap.occurred_at.isoformat(),
+            "due_by": gap.due_by.astimezone(UTC).isoformat(),
+            "dead_at": now.isoformat(),
+            "last_attempt_at": now.isoformat(),
+        }
+        # The record first: a dead letter is listed only while its record says dead.
+        await self._ledger.put_record(record_id, record, index=True)
+        await bus.publish_event(
+            self._js,
+            topology.NOTIFICATION_DEAD_LETTER,
+            request,
+            msg_id=derived_id("dead-letter", record_id, "0"),
+        )
+        delivered = notification_pb2.NotificationDelivered(
+            event_id=derived_id("notification-delivered", gap.notification_id, key, "1"),
+            occurred_at=to_timestamp(now),
+            notification_id=gap.notification_id,
+            attempt=1,
+            outcome=notification_pb2.DELIVERY_OUTCOME_DEAD_LETTERED,
+            detail=gap.reason,
+            referral_id=gap.referral_id,
+        )
+        await bus.publish_event(
+            self._js, topology.NOTIFICATION_DELIVERED, delivered, msg_id=delivered.event_id
+        )
 
     async def _request_delivery(
         self, notification: PlannedNotification
@@ -91,6 +203,8 @@ class NotificationPlanner:
         else:
             rest_hook = notification_pb2.CHANNEL_REST_HOOK
             keys += [(s, rest_hook) for s in self._subscriptions.active_for(recipient)]
+            if self._partners is not None and self._partners.gss_for(recipient):
+                keys.append((nats_key(recipient), notification_pb2.CHANNEL_NATS))
         if not keys:
             log_event(
                 _log,
@@ -111,3 +225,21 @@ class NotificationPlanner:
             )
             published.append(request)
         return published
+
+
+def _gap_from(request: notification_pb2.NotificationRequested, record: dict[str, Any]) -> RecipientGap:
+    """Rebuild a gap from its work item (ids, payload, times) and its record (role, GSS, source event)."""
+    occurred = request.occurred_at.ToDatetime(tzinfo=UTC)
+    return RecipientGap(
+        notification_id=request.notification_id,
+        event_type=request.event_type,
+        source_event_id=str(record["source_event_id"]),
+        referral_id=request.referral_id,
+        role=RecipientRole(record["unresolved_role"]),
+        local_authority_gss=str(record.get("local_authority_gss", "")),
+        channel=Channel(record.get("channel", Channel.REST_HOOK)),
+        urgency=Urgency(record.get("urgency", Urgency.ROUTINE)),
+        deadline=request.due_by.ToDatetime(tzinfo=UTC) - occurred,
+        occurred_at=occurred,
+        payload=dict(json.loads(request.payload_json or b"{}")),
+    )

@@ -1,4 +1,9 @@
-"""The notifier process: plans notifications from routing, task, eligibility and missing events; delivers."""
+"""The notifier process: plans notifications from the bus and from its own schedules; delivers them.
+
+Sources: referrals received, routing, task changes, eligibility changes and exit alerts, missing
+episodes, closed referrals, and the schedules it keeps (missing and placement reviews,
+acknowledgement deadlines).
+"""
 
 from __future__ import annotations
 
@@ -14,16 +19,22 @@ from haven.kit.health import start_grpc_server
 from haven.kit.lifecycle import ServiceContext, start
 from haven.kit.resources import ResourceStore
 from services.notifier.changes import ELIGIBILITY_CONSUMER, TASKS_CONSUMER, ChangeNotices
-from services.notifier.deliverer import Deliverer, delivery_consumer
+from services.notifier.closures import CLOSURES_CONSUMER, ClosedReferrals, ReferralClosures
+from services.notifier.deliverer import Deliverer, PartnerNats, delivery_consumer
 from services.notifier.domain import RecipientDirectory
 from services.notifier.domain.delivery import EndpointBreakers, RetrySchedule
+from services.notifier.escalation import ANSWERED_CONSUMER, DUE_CONSUMER, ROUTED_CONSUMER, Escalations
+from services.notifier.exits import EXITS_CONSUMER, ExitAlerts
 from services.notifier.heartbeat import Heartbeats
 from services.notifier.lanes import LaneRunner
 from services.notifier.ledger import DeliveryLedger
 from services.notifier.mailer import Mailer, parse_mapping
 from services.notifier.missing import FACTS_CONSUMER, REVIEWS_CONSUMER, MissingEpisodes
+from services.notifier.placements import PLACEMENT_REVIEWS_CONSUMER, PLACEMENTS_CONSUMER, Placements
 from services.notifier.planner import CONSUMER as PLANNER_CONSUMER
 from services.notifier.planner import NotificationPlanner
+from services.notifier.received import RECEIVED_CONSUMER, ReceivedReferrals
+from services.notifier.schedules import Scheduler
 from services.notifier.settings import NotifierSettings
 from services.notifier.subscriptions import SubscriptionCache
 
@@ -68,9 +79,18 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
     mailer = mailer_from(settings)
     subscriptions = SubscriptionCache(await ctx.js.key_value(topology.BUCKET_SUBSCRIPTIONS))
     await subscriptions.start()
-    planner = NotificationPlanner(ctx.js, subscriptions, directory_from(settings), mailer)
-    missing = await MissingEpisodes.open(ctx.js, planner, clock)
-    changes = ChangeNotices(planner, await ResourceStore.open(ctx.js))
+    partners = PartnerNats(parse_mapping(settings.nats_signing_secrets))  # LA platforms on NATS
+    planner = NotificationPlanner(ctx.js, subscriptions, directory_from(settings), mailer, partners)
+    store = await ResourceStore.open(ctx.js)
+    closed = await ClosedReferrals.open(ctx.js, store)  # what every producer asks before raising
+    missing = await MissingEpisodes.open(ctx.js, planner, clock, closed=closed)
+    scheduler = await Scheduler.open(ctx.js, clock)
+    changes = ChangeNotices(planner, store, closed)
+    received = ReceivedReferrals(planner)
+    exits = ExitAlerts(planner, store, closed)
+    placements = Placements(planner, store, scheduler, closed)
+    escalations = Escalations(planner, store, scheduler, closed)
+    closures = ReferralClosures(closed, planner, store, scheduler, missing)
     limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=100)
     async with httpx.AsyncClient(timeout=webhook_timeout(settings), limits=limits) as http:
         ledger = await DeliveryLedger.open(ctx.js)
@@ -91,6 +111,8 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
             on_sent=heartbeats.note_sent,
             mailer=mailer,
             endpoint_in_flight=settings.endpoint_in_flight,
+            partners=partners,
+            resolve_gap=planner.resolve_gap,  # a redriven recipient gap is planned again
         )
         consumer = delivery_consumer(
             schedule, settings.delivery_ack_wait_seconds, settings.delivery_max_ack_pending
@@ -116,6 +138,14 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
                 bus.consume(ctx.js, REVIEWS_CONSUMER, missing.handle_review, ctx.stop),
                 bus.consume(ctx.js, TASKS_CONSUMER, changes.handle_task_status, ctx.stop),
                 bus.consume(ctx.js, ELIGIBILITY_CONSUMER, changes.handle_assessed, ctx.stop),
+                bus.consume(ctx.js, RECEIVED_CONSUMER, received.handle, ctx.stop),
+                bus.consume(ctx.js, EXITS_CONSUMER, exits.handle, ctx.stop),
+                bus.consume(ctx.js, PLACEMENTS_CONSUMER, placements.handle_task_status, ctx.stop),
+                bus.consume(ctx.js, PLACEMENT_REVIEWS_CONSUMER, placements.handle_review, ctx.stop),
+                bus.consume(ctx.js, ROUTED_CONSUMER, escalations.handle_routed, ctx.stop),
+                bus.consume(ctx.js, ANSWERED_CONSUMER, escalations.handle_task_status, ctx.stop),
+                bus.consume(ctx.js, DUE_CONSUMER, escalations.handle_due, ctx.stop),
+                bus.consume(ctx.js, CLOSURES_CONSUMER, closures.handle, ctx.stop),
                 lanes.run(ctx.js, ctx.stop),
                 heartbeats.run(ctx.stop),
             )

@@ -65,3 +65,7 @@ class NotifierSettings(ServiceSettings):
         default="single-competent-authority", description="recipient id of the NRM competent authority"
     )
     on_call_manager: str = Field(default="haven-on-call", description="recipient id of the on-call manager")
+    nats_signing_secrets: str = Field(
+        default="",
+        description="signing secret per LA platform on NATS, organisation id=secret (haven up sets it)",
+    )

@@ -5,6 +5,10 @@ heartbeat period, status). The planner, the deliverer and the heartbeats read th
 they are read from memory here rather than searched or fetched per notification; the watch applies
 each change within milliseconds. A subscription the watch has not seen yet (just created) is fetched
 from KV on demand, so a delivery never fails for want of a fresh copy.
+
+The watch is ``haven.kit.kv_follow.follow``: ``start`` returns only once every record present at start
+is applied (nats-py's own "initial values done" marker can come before the values on a loaded machine,
+so it is not trusted), which is what lets the notifier report ready with every Subscription loaded.
 """
 
 from __future__ import annotations
@@ -15,73 +19,103 @@ import json
 import logging
 from typing import Any
 
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from haven.kit.kv_keys import list_bucket_keys
+from haven.kit import topology
+from haven.kit.kv_follow import follow
+from haven.kit.logs import log_event
 
 _log = logging.getLogger(__name__)
+
+# Wait before following again after the watch failed (a NATS reconnect, a server restart).
+_REFOLLOW_SECONDS = 0.5
 
 
 class SubscriptionCache:
     """Every subscription record by id, and the ids of each organisation's subscriptions."""
 
-    def __init__(self, bucket: KeyValue) -> None:
-        self._bucket = bucket
+    def __init__(
+        self, source: JetStreamContext | KeyValue, bucket: str = topology.BUCKET_SUBSCRIPTIONS
+    ) -> None:
+        """Follow ``bucket`` through the JetStream context ``source``.
+
+        Passing the bucket's ``KeyValue`` (as callers did before) follows that bucket through its own
+        context.
+        """
+        if isinstance(source, KeyValue):
+            # nats-py keeps the context and name a KeyValue was bound with; follow needs both.
+            self._js, self._bucket_name = source._js, source._name
+            self._bucket: KeyValue | None = source
+        else:
+            self._js, self._bucket_name, self._bucket = source, bucket, None
         self._records: dict[str, dict[str, Any]] = {}
-        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
 
     async def start(self) -> None:
-        """Load every record and keep following changes in the background."""
+        """Load every record present now, then keep following changes in the background.
+
+        Returns once every record present at start is in memory; raises if the watch fails before.
+        """
+        if self._bucket is None:
+            self._bucket = await self._js.key_value(self._bucket_name)
         if self._task is None:
-            # The watch's own "initial values done" marker can come before the values on a loaded
-            # machine (see haven.kit.kv_keys), so the initial load is read key by key first; the watch
-            # then replays them (harmless: applying a record is idempotent) and follows changes.
-            for key in await list_bucket_keys(self._bucket):
-                try:
-                    entry = await self._bucket.get(key)
-                except KeyNotFoundError:
-                    continue
-                self._apply(key, entry.value, entry.operation)
+            self._stop.clear()
             self._task = asyncio.create_task(self._follow())
-        await self._ready.wait()
+        loaded = asyncio.create_task(self._loaded.wait())
+        await asyncio.wait({loaded, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not loaded.done():
+            loaded.cancel()
+            self._task.result()  # re-raises what stopped the watch before the load ended
+            raise RuntimeError("subscription watch ended before the initial values were loaded")
 
     async def stop(self) -> None:
         """Stop following changes."""
         if self._task is not None:
+            self._stop.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
 
+    @property
+    def loaded(self) -> bool:
+        """Whether every record present at start has been applied."""
+        return self._loaded.is_set()
+
     async def _follow(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
-                watcher = await self._bucket.watch(">")
-                try:
-                    async for entry in watcher:
-                        if entry is None:  # the initial values have all been applied
-                            self._ready.set()
-                            continue
-                        self._apply(entry.key, entry.value, entry.operation)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                await follow(self._js, self._bucket_name, ">", self._apply, self._on_loaded, self._stop)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                _log.exception("subscription watch failed; watching again")
-                await asyncio.sleep(0.5)
+            except Exception as error:
+                # Following again replays every value (applying one is idempotent) and keeps the
+                # records in memory meanwhile: a reconnect must not empty the planner's view.
+                log_event(
+                    _log,
+                    "subscription watch failed; following again",
+                    logging.WARNING,
+                    error=type(error).__name__,
+                )
+                await asyncio.sleep(_REFOLLOW_SECONDS)
 
-    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+    async def _on_loaded(self) -> None:
+        self._loaded.set()
+
+    async def _apply(self, entry: KeyValue.Entry, live: bool) -> None:
+        # Applying a record is idempotent, so a watch started again replays the values harmlessly.
+        key, value, operation = entry.key, entry.value, entry.operation
         if operation in ("DEL", "PURGE") or not value:
             self._records.pop(key, None)
             return
         try:
             self._records[key] = dict(json.loads(value))
         except ValueError:
-            _log.warning("ignored an unreadable subscription record", extra={"subscription_id": key})
+            log_event(_log, "ignored an unreadable subscription record", logging.WARNING, subscription_id=key)
 
     def all(self) -> list[tuple[str, dict[str, Any]]]:
         """Return every known subscription as (id, record)."""
@@ -104,12 +138,17 @@ class SubscriptionCache:
         found = self._records.get(subscription_id)
         if found is not None:
             return found
+        if self._bucket is None:
+            self._bucket = await self._js.key_value(self._bucket_name)
         try:
             entry = await self._bucket.get(subscription_id)
         except KeyNotFoundError:
             return None
         if not entry.value:
             return None
-        record = dict(json.loads(entry.value))
+        try:
+            record = dict(json.loads(entry.value))
+        except ValueError:
+            return None
         self._records.setdefault(subscription_id, record)
         return record

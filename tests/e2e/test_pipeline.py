@@ -10,13 +10,14 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Iterable
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import RunningHaven
 from tests.support.client import auth_headers, example, referral_id_of, subscription, token
-from tests.support.receivers import exported_spans
+from tests.support.receivers import ReceivedRequest, exported_spans
 
 pytestmark = pytest.mark.e2e
 
@@ -51,12 +52,16 @@ def test_police_referral_reaches_task_webhook_and_one_trace(haven: RunningHaven,
     referral_id = referral_id_of(answer)
     trace_id = answer.headers["x-trace-id"]
 
-    haven.webhooks.wait_for(
-        lambda got: any(json.loads(r.body).get("referral_id") == referral_id for r in got), timeout=20
-    )
-    delivery = next(
-        r for r in haven.webhooks.requests() if json.loads(r.body).get("referral_id") == referral_id
-    )
+    def routed(got: Iterable[ReceivedRequest]) -> list[ReceivedRequest]:
+        return [
+            r
+            for r in got
+            if json.loads(r.body).get("referral_id") == referral_id
+            and r.headers.get("x-haven-event-type") == "referral-routed"
+        ]
+
+    haven.webhooks.wait_for(lambda got: bool(routed(got)), timeout=20)
+    delivery = routed(haven.webhooks.requests())[0]
     assert delivery.path == "/manchester"
     assert verify_signature(delivery.headers["x-haven-signature"], delivery.body, la_secret)
     assert not verify_signature(delivery.headers["x-haven-signature"], delivery.body + b" ", la_secret)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import RunningHaven, start_haven
 from tests.support.client import auth_headers, example, referral_id_of, subscription, token
+from tests.support.receivers import ReceivedRequest
 
 pytestmark = pytest.mark.e2e
 
@@ -64,12 +65,23 @@ def test_service_restart_loses_and_repeats_nothing(haven: RunningHaven, service:
 
     wanted = set(referral_ids)
     haven.webhooks.wait_for(
-        lambda got: wanted <= {json.loads(r.body)["referral_id"] for r in got if r.path == hook}, timeout=30
+        lambda got: wanted <= {json.loads(r.body)["referral_id"] for r in _routed(got) if r.path == hook},
+        timeout=30,
     )
     time.sleep(1.0)  # time for any duplicate delivery to show itself
-    deliveries = Counter(json.loads(r.body)["referral_id"] for r in haven.webhooks.requests(hook))
-    assert all(deliveries[r] == 1 for r in referral_ids), deliveries
+    # Each referral raises `referral-received` and `referral-routed`: exactly one of each reaches the LA.
+    for event_type in ("referral-received", "referral-routed"):
+        deliveries = Counter(
+            json.loads(r.body)["referral_id"]
+            for r in haven.webhooks.requests(hook)
+            if r.headers.get("x-haven-event-type") == event_type
+        )
+        assert all(deliveries[r] == 1 for r in referral_ids), (event_type, deliveries)
     for referral_id in referral_ids:
         tasks = _tasks_for(haven, police, referral_id)
         assert len(tasks) == 1
         assert tasks[0]["status"] == "requested"
+
+
+def _routed(requests: Iterable[ReceivedRequest]) -> list[ReceivedRequest]:
+    return [r for r in requests if r.headers.get("x-haven-event-type") == "referral-routed"]

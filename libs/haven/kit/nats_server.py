@@ -3,7 +3,8 @@
 Haven starts it itself for ``make up`` and for the test suites, with file storage under a folder of
 its own, so a second start finds the data of the first. Given users, it writes a server configuration
 with per-user permissions: a user with full access (the services), and users that may only
-subscribe to named subjects (each local authority's platform, to its own routing events).
+subscribe to named subjects and publish to none but the named ones (each local authority's platform:
+its own routing events and notifications, and the JetStream calls that read its own consumer).
 """
 
 from __future__ import annotations
@@ -58,11 +59,18 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 
 @dataclass(frozen=True)
 class NatsUser:
-    """A user of the server: full access when ``subscribe`` is None; else it may only subscribe there."""
+    """A user of the server: full access when ``subscribe`` is None; else limited to these subjects.
+
+    A limited user may subscribe to ``subscribe`` only and publish to ``publish`` only (nothing when it
+    is empty). ``inbox_prefix`` is the reply-subject prefix it must connect with (nats-py
+    ``inbox_prefix=``) when ``subscribe`` allows it: replies to other users' requests stay unreadable.
+    """
 
     user: str
     password: str
     subscribe: tuple[str, ...] | None = None
+    publish: tuple[str, ...] = ()
+    inbox_prefix: str = ""
 
     def url(self, host: str, port: int) -> str:
         """Return a client URL that logs in as this user."""
@@ -75,8 +83,10 @@ def server_config(users: Sequence[NatsUser]) -> str:
     for u in users:
         entry: dict[str, object] = {"user": u.user, "password": u.password}
         if u.subscribe is not None:
-            # Subscribe-only: no publishing at all, so a platform cannot inject events either.
-            entry["permissions"] = {"publish": {"deny": [">"]}, "subscribe": {"allow": list(u.subscribe)}}
+            # Publishing only where named (its own consumer's JetStream calls), so a platform can
+            # neither inject events nor read another's consumer.
+            publish = {"allow": list(u.publish)} if u.publish else {"deny": [">"]}
+            entry["permissions"] = {"publish": publish, "subscribe": {"allow": list(u.subscribe)}}
         entries.append(entry)
     return json.dumps({"authorization": {"users": entries}}, indent=2)
 

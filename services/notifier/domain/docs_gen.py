@@ -16,6 +16,7 @@ from services.notifier.domain.policy import (
     FieldVocabulary,
     NotificationPolicy,
     RecipientRule,
+    ScheduleEntry,
     load_policies,
     packaged_fields,
 )
@@ -31,7 +32,7 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _when(rule: RecipientRule) -> str:
+def _when(rule: RecipientRule | ScheduleEntry) -> str:
     if not rule.when:
         return "always"
     return "; ".join(f"{name} in {', '.join(sorted(values))}" for name, values in sorted(rule.when.items()))
@@ -58,12 +59,12 @@ def policy_section(policy: NotificationPolicy) -> str:
         roles = ", ".join(dict.fromkeys(str(r.role) for r in policy.recipients if r.projection == name))
         lines.append(f"| `{name}` | {', '.join(f'`{f}`' for f in fields)} | {roles} |")
     if policy.schedule:
-        lines += ["", "| scheduled | from | offset | raised | person confirms | basis | source |"]
-        lines.append("|---|---|---|---|---|---|---|")
+        lines += ["", "| scheduled | from | when | offset | raised | person confirms | basis | source |"]
+        lines.append("|---|---|---|---|---|---|---|---|")
         for s in policy.schedule:
             raised = f"{s.notice_text} before" if s.notice_text else "when due"
             lines.append(
-                f"| `{s.schedule_id}` | {s.anchor} | {s.offset.text} | {raised} "
+                f"| `{s.schedule_id}` | {s.anchor} | {_cell(_when(s))} | {s.offset.text} | {raised} "
                 f"| {'yes' if s.confirm_by_person else 'no'} | {s.basis} | {_cell(s.citation)} |"
             )
     return "\n".join(lines)

@@ -4,6 +4,11 @@ An organisation that holds several roles for the same event (a placing LA that i
 gets one notification: the union of its roles' allow-lists, the most urgent level and the earliest
 deadline. Its id is a uuid5 of the source event id, the organisation and the event type, so a
 redelivered event plans the same ids and receivers can de-duplicate on them.
+
+A required role with no organisation (a police force not configured for the area) does not stop the
+others being told: ``plan_notifications`` returns it as a ``RecipientGap`` beside the notifications,
+holding that role's projection, so the service records it for operators and can send it once the
+organisation is known.
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ class UnresolvedRecipientError(LookupError):
         self.event_id = event_id
 
 
+def gap_notification_id(source_event_id: str, role: RecipientRole, event_type: str) -> str:
+    """Return the id of a required role's missing notification (stable, so a replay records it once)."""
+    return notification_id(source_event_id, f"unresolved:{role}", event_type)
+
+
 def notification_id(source_event_id: str, recipient_organisation_id: str, event_type: str) -> str:
     """Return the deterministic notification id, which is also the receiver's idempotency key."""
     return str(
@@ -128,6 +138,84 @@ class PlannedNotification:
         message.occurred_at.CopyFrom(_timestamp(self.occurred_at))
         message.due_by.CopyFrom(_timestamp(self.due_by))
         return message
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientGap:
+    """A required role that has no organisation for this event: the notification it could not get.
+
+    ``payload`` is the role's projection (without ``own_*`` facts: no organisation owns anything), so
+    once an operator has configured the organisation the same notification can be sent to it.
+    """
+
+    notification_id: str
+    event_type: str
+    source_event_id: str
+    referral_id: str
+    role: RecipientRole
+    local_authority_gss: str
+    channel: Channel
+    urgency: Urgency
+    deadline: timedelta
+    occurred_at: datetime
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    policy_version: int = 1
+
+    @property
+    def reason(self) -> str:
+        """Return what an operator reads: which role has no organisation (ids and codes only)."""
+        return f"no organisation for required role {self.role}"
+
+    @property
+    def due_by(self) -> datetime:
+        """Return when it should have been delivered by."""
+        return self.occurred_at + self.deadline
+
+    def planned_for(self, organisation_id: str) -> PlannedNotification:
+        """Return the notification to send once ``organisation_id`` holds the role.
+
+        Its id is the one a plan made with the organisation known would have given it, so a receiver
+        de-duplicates a redrive and a replay of the event alike.
+        """
+        return PlannedNotification(
+            notification_id=notification_id(self.source_event_id, organisation_id, self.event_type),
+            event_type=self.event_type,
+            source_event_id=self.source_event_id,
+            referral_id=self.referral_id,
+            recipient_organisation_id=organisation_id,
+            roles=(self.role,),
+            channel=self.channel,
+            urgency=self.urgency,
+            deadline=self.deadline,
+            occurred_at=self.occurred_at,
+            payload=self.payload,
+            policy_version=self.policy_version,
+        )
+
+    def to_proto(self, key: str) -> notification_pb2.NotificationRequested:
+        """Return the work item that stands for the gap (no recipient) under the record key ``key``."""
+        message = notification_pb2.NotificationRequested(
+            event_id=str(uuid.uuid5(NOTIFICATION_NAMESPACE, f"requested|{self.notification_id}")),
+            referral_id=self.referral_id,
+            notification_id=self.notification_id,
+            subscription_id=key,
+            channel=_CHANNELS[self.channel],
+            event_type=self.event_type,
+            payload_json=json.dumps(
+                self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode(),
+        )
+        message.occurred_at.CopyFrom(_timestamp(self.occurred_at))
+        message.due_by.CopyFrom(_timestamp(self.due_by))
+        return message
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one event raises: a notification per organisation, and each required role left without one."""
+
+    notifications: list[PlannedNotification]
+    gaps: list[RecipientGap]
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -185,18 +273,45 @@ def _merge(
     )
 
 
-def notifications_for(
+def _gap(
+    role: RecipientRole,
+    rules: list[RecipientRule],
+    policy: NotificationPolicy,
+    source: SourceEvent,
+    facts: Mapping[str, Any],
+) -> RecipientGap:
+    strongest = min(rules, key=lambda r: (r.urgency.rank, r.deadline))
+    fields = list(dict.fromkeys(f for r in rules for f in r.fields))
+    shared = {k: v for k, v in facts.items() if k not in _OWN_FACTS}
+    return RecipientGap(
+        notification_id=gap_notification_id(source.event_id, role, policy.event_type),
+        event_type=policy.event_type,
+        source_event_id=source.event_id,
+        referral_id=source.referral_id,
+        role=role,
+        local_authority_gss=source.local_authority_gss,
+        channel=strongest.channel,
+        urgency=strongest.urgency,
+        deadline=min(r.deadline for r in rules),
+        occurred_at=source.occurred_at,
+        payload=project_fields(fields, shared),
+        policy_version=policy.version,
+    )
+
+
+def plan_notifications(
     event_type: str,
     event: AnyEvent,
     *,
     directory: RecipientDirectory | None = None,
     policies: Mapping[str, NotificationPolicy] | None = None,
-) -> list[PlannedNotification]:
-    """Return the notifications one event raises under `event_type`'s policy, one per organisation.
+) -> Plan:
+    """Return the notifications one event raises under `event_type`'s policy, and its recipient gaps.
 
-    Raises UnknownEventTypeError for a type without a policy, UnresolvedRecipientError when a
-    required role has no organisation, and ProjectionError for an undeclared or ill-formed fact.
-    The order is deterministic: by the policy's recipient order, then organisation id.
+    One notification per organisation; one gap per required role that has no organisation (the
+    others are still planned). Raises UnknownEventTypeError for a type without a policy and
+    ProjectionError for an undeclared or ill-formed fact. The order is deterministic: by the policy's
+    recipient order, then organisation id.
     """
     policies = policies or load_policies()
     policy = policies.get(event_type)
@@ -207,15 +322,39 @@ def notifications_for(
     facts = _with_schedule_facts(policy, {"referral_id": source.referral_id, **source.facts})
     check_facts(facts)
     by_organisation: dict[str, list[RecipientRule]] = {}
+    unresolved: dict[RecipientRole, list[RecipientRule]] = {}
     for rule in policy.recipients:
         if not rule.applies(facts):
             continue
         organisations = resolve_role(rule.role, source, directory)
         if not organisations and rule.required:
-            raise UnresolvedRecipientError(event_type, rule.role, source.event_id)
+            unresolved.setdefault(rule.role, []).append(rule)
         for organisation_id in organisations:
             by_organisation.setdefault(organisation_id, []).append(rule)
-    return [_merge(org, rules, policy, source, facts) for org, rules in by_organisation.items()]
+    return Plan(
+        notifications=[_merge(org, rules, policy, source, facts) for org, rules in by_organisation.items()],
+        gaps=[_gap(role, rules, policy, source, facts) for role, rules in unresolved.items()],
+    )
+
+
+def notifications_for(
+    event_type: str,
+    event: AnyEvent,
+    *,
+    directory: RecipientDirectory | None = None,
+    policies: Mapping[str, NotificationPolicy] | None = None,
+) -> list[PlannedNotification]:
+    """Return the notifications one event raises under `event_type`'s policy, one per organisation.
+
+    The strict form of ``plan_notifications``: raises UnknownEventTypeError for a type without a
+    policy, UnresolvedRecipientError when a required role has no organisation, and ProjectionError for
+    an undeclared or ill-formed fact.
+    """
+    plan = plan_notifications(event_type, event, directory=directory, policies=policies)
+    if plan.gaps:
+        gap = plan.gaps[0]
+        raise UnresolvedRecipientError(event_type, gap.role, gap.source_event_id)
+    return plan.notifications
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ may not have it. Changing who is told is a data change that the loader and the t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from functools import cache
@@ -32,6 +32,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "exit-due",
     "missing-episode-reported",
     "review-due",
+    "task-not-acknowledged",
+    "referral-closed",
 )
 """Every event type the notifier has a policy for; each must have exactly one file."""
 
@@ -105,6 +107,7 @@ class Anchor(StrEnum):
     EXIT_DATE = "exit-date"
     PLACEMENT_START = "placement-start"
     MISSING_SINCE = "missing-since"
+    TASK_ROUTED = "task-routed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,12 @@ class ScheduleEntry:
     confirm_by_person: bool
     basis: Basis
     citation: str
+    # Fact name -> values that make the entry apply (e.g. only accommodation placements); empty = always.
+    when: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def applies(self, facts: Mapping[str, Any]) -> bool:
+        """Return whether every `when` condition holds for these facts (a missing fact fails)."""
+        return all(_matches(facts.get(name), allowed) for name, allowed in self.when.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +217,7 @@ class NotificationPolicy:
 
 _POLICY_KEYS = {"event_type", "version", "summary", "citation", "projections", "recipients", "schedule"}
 _RULE_KEYS = {"role", "projection", "urgency", "deadline", "channel", "required", "basis", "citation", "when"}
-_SCHEDULE_KEYS = {"id", "anchor", "offset", "notice", "confirm_by_person", "basis", "citation"}
+_SCHEDULE_KEYS = {"id", "anchor", "offset", "notice", "confirm_by_person", "basis", "citation", "when"}
 _FIELD_KEYS = {"kind", "description", "sensitivity"}
 # A condition compares codes; ids, dates and counts are not categories to branch on.
 _CONDITION_KINDS = {FieldKind.CODE, FieldKind.CODES, FieldKind.BOOL}
@@ -265,6 +274,21 @@ def parse_fields(data: Any, where: str = "fields.yaml") -> FieldVocabulary:
     return FieldVocabulary(fields, sensitivities)
 
 
+def _conditions(where: str, raw: Any, vocabulary: FieldVocabulary) -> dict[str, frozenset[str]]:
+    """Parse a `when` mapping: declared code or flag fields, each with a non-empty list of values."""
+    if raw is not None and not isinstance(raw, dict):
+        raise PolicyError(f"{where}: when must map field names to lists of values")
+    when: dict[str, frozenset[str]] = {}
+    for name, values in (raw or {}).items():
+        spec = vocabulary.fields.get(name)
+        if spec is None or spec.kind not in _CONDITION_KINDS:
+            raise PolicyError(f"{where}: condition on {name!r}, which is not a declared code or flag field")
+        if not isinstance(values, list) or not values:
+            raise PolicyError(f"{where}: condition on {name!r} needs a non-empty list of values")
+        when[name] = frozenset(_as_code(v) for v in values)
+    return when
+
+
 def _parse_rule(
     where: str, entry: Any, projections: Mapping[str, tuple[str, ...]], vocabulary: FieldVocabulary
 ) -> RecipientRule:
@@ -286,14 +310,7 @@ def _parse_rule(
     channel = _enum(where, Channel, body["channel"])
     if role is RecipientRole.ON_CALL_MANAGER and channel is not Channel.EMAIL:
         raise PolicyError(f"{where}: the on-call manager is a person and is reached by email")
-    when: dict[str, frozenset[str]] = {}
-    for name, values in (body.get("when") or {}).items():
-        spec = vocabulary.fields.get(name)
-        if spec is None or spec.kind not in _CONDITION_KINDS:
-            raise PolicyError(f"{where}: condition on {name!r}, which is not a declared code or flag field")
-        if not isinstance(values, list) or not values:
-            raise PolicyError(f"{where}: condition on {name!r} needs a non-empty list of values")
-        when[name] = frozenset(_as_code(v) for v in values)
+    when = _conditions(where, body.get("when"), vocabulary)
     if not isinstance(body["required"], bool):
         raise PolicyError(f"{where}: required must be true or false")
     return RecipientRule(
@@ -311,7 +328,7 @@ def _parse_rule(
     )
 
 
-def _parse_schedule(where: str, entry: Any) -> ScheduleEntry:
+def _parse_schedule(where: str, entry: Any, vocabulary: FieldVocabulary) -> ScheduleEntry:
     body = _check_keys(where, entry, _SCHEDULE_KEYS, {"id", "anchor", "offset", "basis", "citation"})
     where = f"{where} {body['id']}"
     try:
@@ -328,6 +345,7 @@ def _parse_schedule(where: str, entry: Any) -> ScheduleEntry:
         confirm_by_person=bool(body.get("confirm_by_person", False)),
         basis=_enum(where, Basis, body["basis"]),
         citation=_citation(where, body),
+        when=_conditions(where, body.get("when"), vocabulary),
     )
 
 
@@ -357,7 +375,7 @@ def parse_policy(data: Any, path: str, vocabulary: FieldVocabulary) -> Notificat
     unused = set(projections) - {r.projection for r in rules}
     if unused:
         raise PolicyError(f"{path}: projection(s) {sorted(unused)} used by no recipient")
-    schedule = tuple(_parse_schedule(f"{path}: schedule", e) for e in body.get("schedule") or [])
+    schedule = tuple(_parse_schedule(f"{path}: schedule", e, vocabulary) for e in body.get("schedule") or [])
     ids = [s.schedule_id for s in schedule]
     if len(set(ids)) != len(ids):
         raise PolicyError(f"{path}: duplicate schedule id")

@@ -275,14 +275,23 @@ def source_event_from_routed(event: routing_pb2.ReferralRouted) -> SourceEvent:
     )
 
 
-NO_CAPACITY_REASON = "no capacity"  # how the router's Unrouted.reason begins when no place was free
+NO_CAPACITY_REASON = "no capacity"  # how the router's Unrouted.reason began, before the code existed
+
+
+def unrouted_for_no_capacity(unrouted: routing_pb2.Unrouted) -> bool:
+    """Return whether a programme was unrouted because no service had a free place.
+
+    The code decides. Only an event written before the code existed (UNSPECIFIED) is read by its
+    reason text, so a reworded reason cannot change who is told.
+    """
+    if unrouted.code == routing_pb2.UNROUTED_REASON_UNSPECIFIED:
+        return unrouted.reason.lower().startswith(NO_CAPACITY_REASON)
+    return unrouted.code == routing_pb2.UNROUTED_REASON_NO_CAPACITY
 
 
 def lacks_capacity(event: routing_pb2.ReferralRouted) -> bool:
     """Return whether a programme waits for a place: a waiting position, or unrouted for no capacity."""
-    return bool(waiting_list(event)) or any(
-        u.reason.lower().startswith(NO_CAPACITY_REASON) for u in event.unrouted
-    )
+    return bool(waiting_list(event)) or any(unrouted_for_no_capacity(u) for u in event.unrouted)
 
 
 def event_types_for_routed(event: routing_pb2.ReferralRouted) -> list[str]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a ReferralRouted built in code, a directory, and a copy of the policy folder."""
+"""Shared fixtures: a ReferralRouted built in code, a directory, a copy of the policy folder, NATS."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ import pytest
 from haven.routing.v1 import routing_pb2
 from services.notifier.domain import FieldKind, load_fields
 from services.notifier.domain.recipients import RecipientDirectory
+
+# The repository's real nats-server fixtures (tests/conftest.py), for the tests of the bus producers.
+from tests.conftest import nats_client, nats_server
+
+__all__ = ["nats_client", "nats_server"]
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 OCCURRED = datetime(2024, 3, 1, 2, 30, tzinfo=UTC)

@@ -56,10 +56,44 @@ def test_missing_reviews_four_weeks_and_six_months_with_a_person_confirming() ->
     assert not four_weeks.confirm_by_person
 
 
-def test_exit_alerts_90_30_7_days_before() -> None:
+def test_exit_dates_are_eligibilitys_so_the_exit_policy_schedules_nothing() -> None:
+    # ExitApproaching arrives at eligibility_pre_exit_alert_days; a schedule here would alert twice.
     exit_due = load_policies()["exit-due"]
-    assert [s.offset.delta.days for s in exit_due.schedule] == [-90, -30, -7]
-    assert all(s.anchor is Anchor.EXIT_DATE for s in exit_due.schedule)
+    assert exit_due.schedule == ()
+    assert "eligibility_pre_exit_alert_days" in exit_due.summary
+    assert not any(s.anchor is Anchor.EXIT_DATE for p in load_policies().values() for s in p.schedule)
+
+
+def test_placement_reviews_apply_to_specialist_accommodation_only() -> None:
+    review = load_policies()["review-due"]
+    placement = [s for s in review.schedule if s.anchor is Anchor.PLACEMENT_START]
+    assert [s.schedule_id for s in placement] == [
+        "isa-72-hour",
+        "risk-needs-1-week",
+        "pep-2-weeks",
+        "review-1-month",
+        "review-3-months",
+        "review-6-months",
+        "stay-limit-12-months",
+    ]
+    assert all(s.applies({"programme_id": "unseen-specialist-accommodation"}) for s in placement)
+    assert not any(s.applies({"programme_id": "ictg"}) or s.applies({}) for s in placement)
+
+
+def test_acknowledgement_deadlines_per_programme_and_urgency() -> None:
+    policy = load_policies()["task-not-acknowledged"]
+    ictg = policy.schedule_entry("ictg-24-hours")
+    bed = policy.schedule_entry("accommodation-emergency-2-hours")
+    assert ictg is not None and bed is not None
+    assert ictg.anchor is bed.anchor is Anchor.TASK_ROUTED
+    assert ictg.offset.delta == timedelta(hours=24) and "004 L885" in ictg.citation
+    assert bed.offset.delta == timedelta(hours=2) and "L973" in bed.citation
+    assert ictg.applies({"programme_id": "ictg", "urgency": "routine"})
+    assert bed.applies({"programme_id": "unseen-specialist-accommodation", "urgency": "emergency"})
+    assert not bed.applies({"programme_id": "unseen-specialist-accommodation", "urgency": "urgent"})
+    edt = policy.rules_for("la-edt")[0]
+    assert edt.applies({"urgency": "emergency"}) and not edt.applies({"urgency": "routine"})
+    assert policy.rules_for("la-childrens-services")[0].required
 
 
 def test_on_call_manager_is_emailed() -> None:
@@ -117,6 +151,13 @@ def _edit(folder: Path, name: str, change: object) -> None:
             "reached by email",
         ),
         ("review-due.yaml", lambda d: d["schedule"][0].update(anchor="birthday"), "unknown Anchor"),
+        (
+            "review-due.yaml",
+            lambda d: d["schedule"][0].update(when={"child_id": ["c-1"]}),
+            "condition on 'child_id'",
+        ),
+        ("review-due.yaml", lambda d: d["schedule"][0].update(when={"programme_id": []}), "non-empty list"),
+        ("task-not-acknowledged.yaml", lambda d: d["schedule"][0].update(when="ictg"), "when must map"),
         ("review-due.yaml", lambda d: d.update(event_type="review-overdue"), "does not match"),
     ],
 )
