@@ -24,6 +24,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from haven.kit.settings import ServiceSettings
+from services.gateway.settings import GatewaySettings
+from services.notifier.mailer import parse_mapping
+from services.referral_router.settings import RouterSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 NATS = ROOT / "deploy" / "nats"
@@ -572,3 +577,96 @@ def test_nats_values_run_jetstream_on_files(files: tuple[str, ...], replicas: in
     assert quantity(jetstream["fileStore"]["maxSize"]) < quantity(jetstream["fileStore"]["pvc"]["size"])
     cluster = config["cluster"]
     assert (cluster["replicas"] if cluster["enabled"] else 1) == replicas
+
+
+# Settings each service reads that production sets in its manifest (name -> value), checked against
+# the settings classes so a renamed or removed setting fails here.
+SERVICE_SETTINGS: dict[str, dict[str, str]] = {
+    "gateway": {"HAVEN_INTAKE_SWEEP_SECONDS": "60", "HAVEN_INTAKE_SWEEP_AFTER_SECONDS": "30"},
+    "referral-router": {"HAVEN_ROUTER_CONCURRENCY": "64"},
+}
+# Settings that are secrets: each comes from a Secret (name, key), never a literal value.
+SECRET_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
+    name: {
+        "HAVEN_NATS_USER": ("haven-nats", "HAVEN_NATS_USER"),
+        "HAVEN_NATS_PASSWORD": ("haven-nats", "HAVEN_NATS_PASSWORD"),
+    }
+    for name in HAVEN_SERVICES
+}
+SECRET_SETTINGS["notifier"]["HAVEN_NATS_SIGNING_SECRETS"] = (
+    "haven-nats-signing",
+    "HAVEN_NATS_SIGNING_SECRETS",
+)
+_SECRET_WORDS = ("SECRET", "PASSWORD", "TOKEN", "KEY")
+
+
+def _keys_named(value: Any, name: str) -> list[Any]:
+    """Return every value held under the key ``name`` anywhere in ``value``."""
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k == name] + [
+            found for v in value.values() for found in _keys_named(v, name)
+        ]
+    if isinstance(value, list):
+        return [found for v in value for found in _keys_named(v, name)]
+    return []
+
+
+def _secret_ref(item: Obj) -> tuple[str, str] | None:
+    ref = item.get("valueFrom", {}).get("secretKeyRef")
+    return (ref["name"], ref["key"]) if ref else None
+
+
+@overlays
+def test_secret_settings_come_from_secrets_and_the_nats_url_uses_them(overlay: str) -> None:
+    for name, deployment in haven_deployments(overlay):
+        env = main_container(deployment).get("env", [])
+        order = [item["name"] for item in env]
+        refs = {item["name"]: _secret_ref(item) for item in env}
+        for variable, ref in SECRET_SETTINGS[name].items():
+            assert refs.get(variable) == ref, f"{overlay}: {name} must take {variable} from Secret {ref}"
+        for item in env:
+            if any(word in item["name"] for word in _SECRET_WORDS):
+                assert "value" not in item, f"{overlay}: {name} has a literal {item['name']}"
+        url = env_of(main_container(deployment))["HAVEN_NATS_URL"]
+        assert url == "nats://$(HAVEN_NATS_USER):$(HAVEN_NATS_PASSWORD)@nats:4222", name
+        # Kubernetes expands $(VAR) only from variables defined before it.
+        assert order.index("HAVEN_NATS_URL") > max(
+            order.index("HAVEN_NATS_USER"), order.index("HAVEN_NATS_PASSWORD")
+        )
+
+
+@overlays
+def test_new_service_settings_are_set_and_known_to_the_services(overlay: str) -> None:
+    known: dict[str, type[ServiceSettings]] = {"gateway": GatewaySettings, "referral-router": RouterSettings}
+    deployments_by_name = dict(haven_deployments(overlay))
+    for name, expected in SERVICE_SETTINGS.items():
+        env = env_of(main_container(deployments_by_name[name]))
+        fields = known[name].model_fields
+        for variable, value in expected.items():
+            assert env.get(variable) == value, f"{overlay}: {name} {variable}"
+            field = variable.removeprefix("HAVEN_").lower()
+            assert field in fields, f"{name} has no setting {field}"
+            assert str(fields[field].default) in (value, f"{value}.0"), f"{name}: {variable} != its default"
+
+
+def test_dev_generates_the_nats_secrets_and_prod_leaves_them_to_the_operator() -> None:
+    dev = {s["metadata"]["name"]: s for s in of_kind(rendered("dev"), "Secret")}
+    wanted = {ref for refs in SECRET_SETTINGS.values() for ref in refs.values()}
+    for secret, key in wanted:
+        assert key in dev[secret]["data"], f"dev: Secret {secret} lacks {key}"
+    signing = base64.b64decode(dev["haven-nats-signing"]["data"]["HAVEN_NATS_SIGNING_SECRETS"]).decode()
+    assert set(parse_mapping(signing)) == {"demo-la-manchester", "demo-la-leeds"}
+    assert of_kind(rendered("prod"), "Secret") == []
+
+
+def test_nats_servers_take_their_users_from_a_secret_in_prod_only() -> None:
+    prod = _values("values.yaml")
+    assert prod["config"]["merge"]["$include"] == "../nats-auth/auth.conf"
+    volumes = [p["value"] for p in prod["podTemplate"]["patch"] if p["path"] == "/spec/volumes/-"]
+    assert volumes == [{"name": "haven-nats-auth", "secret": {"secretName": "haven-nats-auth"}}]
+    mounts = [p["value"] for p in prod["container"]["patch"] if p["path"] == "/volumeMounts/-"]
+    assert [(m["name"], m["mountPath"]) for m in mounts] == [("haven-nats-auth", "/etc/nats-auth")]
+    assert not _keys_named(prod, "password"), "NATS passwords only in the Secret haven-nats-auth"
+    dev = _values("values.yaml", "values-dev.yaml")
+    assert dev["config"]["merge"].get("$include") is None
+    assert dev["container"]["patch"] == [] and dev["podTemplate"]["patch"] == []

@@ -4,19 +4,20 @@ The responsible local authority (or an operator) closes a referral when the chil
 The handler translates; `fhir.referral_status` decides. As for Tasks, the write is a compare-and-set
 on the version the caller read (412 when it moved on, 428 when the caller did not say); only after
 JetStream has stored it is ``ReferralClosed`` published, with an id derived from the referral and
-its new version, so a retried publish is dropped as a duplicate. The eligibility service then
-cancels the referral's re-assessments and ignores it from then on; the gateway refuses new facts.
+its new version, so a retried publish is dropped as a duplicate. Two services react to it: the
+eligibility service cancels the referral's re-assessments and ignores it from then on, and the
+notifier (services/notifier/closures.py) marks it closed, purges its schedules and missing episode
+and tells the owners of its open tasks. The gateway itself refuses new facts for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from haven.kit import bus, topology
+from haven.kit import topology
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
 from haven.kit.resources import StoredResource, VersionConflictError
@@ -31,11 +32,10 @@ from services.gateway.fhir.referral_status import ReferralStatusChange, decide_s
 from services.gateway.fhir.task_workflow import TransitionError
 from services.gateway.reads import read_visible
 from services.gateway.security.access import can_close_referral
-from services.gateway.tasks import expected_version
+from services.gateway.tasks import expected_version, publish_stored
 
 router = APIRouter()
 _log = logging.getLogger(__name__)
-_PUBLISH_ATTEMPTS = 3
 
 
 @router.put(
@@ -108,11 +108,4 @@ async def _publish(state: State, by: str, after: StoredResource, change: Referra
     )
     # The ServiceRequest is already stored closed: retry a failed publish rather than leave the other
     # services assessing and routing a closed referral. Nats-Msg-Id makes a landed repeat harmless.
-    for attempt in range(_PUBLISH_ATTEMPTS):
-        try:
-            await bus.publish_event(state.js, topology.REFERRAL_CLOSED, event, msg_id=event.event_id)
-            return
-        except Exception:
-            if attempt == _PUBLISH_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.2 * (attempt + 1))
+    await publish_stored(state, topology.REFERRAL_CLOSED, event, event.event_id)

@@ -39,10 +39,11 @@ from haven.kit.resources import KvWrite, RecordScope, StoredResource, write_all
 from haven.kit.timestamps import to_timestamp
 from haven.organisations import Role
 from haven.referral.v1 import referral_pb2
+from services.gateway.audit_log import audit_record
 from services.gateway.duplicates import link_possible_duplicates
 from services.gateway.fhir import ParsedReferral, transaction_response_bundle
 from services.gateway.idempotency import StoredAnswer, complete_if_pending
-from services.gateway.security.audit import audit_event
+from services.gateway.observations import facts_creation
 from services.gateway.security.principal import Principal
 from services.gateway.state import GatewayState
 
@@ -148,10 +149,10 @@ async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
     """Do every write of the referral (each idempotent: safe to repeat) and return the 201 answer."""
     parsed, now, scope = intake.parsed, intake.received_at, intake.scope
     creations = [state.store.creation(r, scope, now) for r in parsed.resources]
-    facts = KvWrite(topology.BUCKET_FACTS, parsed.referral_id, parsed.facts.SerializeToString(), create=True)
     # Stage 1. The facts are created, never replaced: on a repeat, a later Observation's facts stay.
     revisions, flags = await asyncio.gather(
-        write_all(state.js, [*creations, facts]), link_possible_duplicates(state, parsed, now)
+        write_all(state.js, [*creations, facts_creation(parsed.referral_id, parsed.facts)]),
+        link_possible_duplicates(state, parsed, now),
     )
     # Stage 2. Announced only once everything it names is stored.
     event = referral_pb2.ReferralReceived(
@@ -161,31 +162,22 @@ async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
         facts=parsed.facts,
     )
     await bus.publish_event(state.js, topology.REFERRAL_RECEIVED, event, msg_id=event.event_id)
-    # Stage 3. Searchable only once announced; audited before the answer, as every write is.
-    audit = audit_event(
+    # Stage 3. Searchable only once announced; audited before the answer, as every write is. The
+    # referral's own id is the interaction's: fresh per referral, and the same when a sweep or a retry
+    # completes it again, so the AuditEvent is written once.
+    audit = audit_record(
+        state,
         intake.principal,
         "C",
-        parsed.locations[0],
-        "0",
-        "COC",
+        [*parsed.locations, *flags],
+        purpose="COC",
         at=now,
         request_id=intake.request_id,
-        patient_reference=f"Patient/{parsed.patient_id}",
-        more_references=(*parsed.locations[1:], *flags),
+        interaction_id=parsed.referral_id,
+        patient=f"Patient/{parsed.patient_id}",
     )
-    entities = sorted({*parsed.locations, *flags, f"Patient/{parsed.patient_id}"})
     index = [state.store.index_entry(*entry) for entry in search_entries(parsed, intake.principal)]
-    # No scope on the AuditEvent: only operators and admin read them (see audit_log.record_audit).
-    audit_record = state.store.creation(audit, RecordScope(), now)
-    audit_index = [state.store.index_entry("AuditEvent", "entity", e, str(audit["id"])) for e in entities]
-    await asyncio.gather(
-        write_all(state.js, [*index, audit_record, *audit_index]),
-        state.js.publish(
-            topology.AUDIT_RECORDED,
-            json.dumps(audit, separators=(",", ":")).encode(),
-            headers={"Nats-Msg-Id": str(audit["id"])},
-        ),
-    )
+    await asyncio.gather(write_all(state.js, [*index, *audit.writes]), audit.publish(state.js))
     log_event(
         _log,
         "referral accepted",

@@ -33,7 +33,7 @@ from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
 from haven.kit.ids import derived_id, new_id
 from haven.kit.logs import log_event
-from haven.kit.resources import RecordScope, StoredResource, VersionConflictError
+from haven.kit.resources import KvWrite, RecordScope, StoredResource, VersionConflictError
 from haven.kit.timestamps import to_timestamp
 from haven.organisations import Role
 from haven.referral.v1 import referral_pb2
@@ -64,9 +64,13 @@ async def facts_bucket(js: JetStreamContext) -> KeyValue:
     return await js.key_value(topology.BUCKET_FACTS)
 
 
-async def remember_facts(js: JetStreamContext, referral_id: str, facts: referral_pb2.ReferralFacts) -> None:
-    """Keep a new referral's facts: the base that later Observations are applied to (called at intake)."""
-    await (await facts_bucket(js)).put(referral_id, facts.SerializeToString())
+def facts_creation(referral_id: str, facts: referral_pb2.ReferralFacts) -> KvWrite:
+    """Return the write that keeps a new referral's facts, the base later Observations apply to.
+
+    For the intake's batch (``write_all``). Created, never replaced: when an intake is completed again,
+    facts a later Observation wrote meanwhile stay.
+    """
+    return KvWrite(topology.BUCKET_FACTS, referral_id, facts.SerializeToString(), create=True)
 
 
 async def current_facts(

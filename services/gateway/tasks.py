@@ -14,6 +14,7 @@ import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from google.protobuf.message import Message
 
 from haven.kit import bus, topology
 from haven.kit.ids import derived_id
@@ -120,10 +121,18 @@ async def _publish(
         changed_by_organisation_id=by,
     )
     # The Task is already stored: retry a failed publish rather than leave the router unaware.
-    # Nats-Msg-Id makes a publish that did land but whose ack was lost harmless to repeat.
+    await publish_stored(state, topology.TASK_STATUS_CHANGED, event, event.event_id)
+
+
+async def publish_stored(state: State, subject: str, event: Message, event_id: str) -> None:
+    """Publish the event of a change already stored, retrying a failed publish a few times.
+
+    ``event_id`` is its Nats-Msg-Id, so a publish that did land but whose ack was lost is harmless to
+    repeat. Raises the last error when every attempt failed.
+    """
     for attempt in range(_PUBLISH_ATTEMPTS):
         try:
-            await bus.publish_event(state.js, topology.TASK_STATUS_CHANGED, event, msg_id=event.event_id)
+            await bus.publish_event(state.js, subject, event, msg_id=event_id)
             return
         except Exception:
             if attempt == _PUBLISH_ATTEMPTS - 1:

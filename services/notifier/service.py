@@ -13,7 +13,7 @@ import sys
 
 import httpx
 
-from haven.kit import bus, topology
+from haven.kit import bus
 from haven.kit.clock import Clock, system_clock
 from haven.kit.health import start_grpc_server
 from haven.kit.lifecycle import ServiceContext, start
@@ -77,7 +77,7 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
     """Plan and deliver until the service is told to stop."""
     schedule = RetrySchedule.parse(settings.retry_schedule)
     mailer = mailer_from(settings)
-    subscriptions = SubscriptionCache(await ctx.js.key_value(topology.BUCKET_SUBSCRIPTIONS))
+    subscriptions = SubscriptionCache(ctx.js)
     await subscriptions.start()
     partners = PartnerNats(parse_mapping(settings.nats_signing_secrets))  # LA platforms on NATS
     planner = NotificationPlanner(ctx.js, subscriptions, directory_from(settings), mailer, partners)

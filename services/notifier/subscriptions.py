@@ -36,20 +36,10 @@ _REFOLLOW_SECONDS = 0.5
 class SubscriptionCache:
     """Every subscription record by id, and the ids of each organisation's subscriptions."""
 
-    def __init__(
-        self, source: JetStreamContext | KeyValue, bucket: str = topology.BUCKET_SUBSCRIPTIONS
-    ) -> None:
-        """Follow ``bucket`` through the JetStream context ``source``.
-
-        Passing the bucket's ``KeyValue`` (as callers did before) follows that bucket through its own
-        context.
-        """
-        if isinstance(source, KeyValue):
-            # nats-py keeps the context and name a KeyValue was bound with; follow needs both.
-            self._js, self._bucket_name = source._js, source._name
-            self._bucket: KeyValue | None = source
-        else:
-            self._js, self._bucket_name, self._bucket = source, bucket, None
+    def __init__(self, js: JetStreamContext, bucket: str = topology.BUCKET_SUBSCRIPTIONS) -> None:
+        """Follow ``bucket`` through the JetStream context ``js`` (the bucket is bound on ``start``)."""
+        self._js, self._bucket_name = js, bucket
+        self._bucket: KeyValue | None = None
         self._records: dict[str, dict[str, Any]] = {}
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

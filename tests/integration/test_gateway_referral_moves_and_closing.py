@@ -26,12 +26,12 @@ from nats.js.errors import FetchTimeoutError
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import topology
 from haven.kit.ids import new_id
-from haven.kit.resources import RecordScope, ResourceStore
+from haven.kit.resources import RecordScope, ResourceStore, write_all
 from haven.referral.v1 import referral_pb2 as pb
 from haven.routing.v1 import routing_pb2
 from services.eligibility.scheduler import SCHEDULE_STREAM
 from services.gateway.fhir.bundle import ReferrerContext, parse_referral_bundle
-from services.gateway.observations import remember_facts
+from services.gateway.observations import facts_creation
 from services.gateway.testing import bearer, in_process_app
 from services.referral_router.tasks import task_resource, task_scope
 from tests.integration.test_eligibility_service import eligibility_service
@@ -89,7 +89,7 @@ async def take_in(nats_client: NatsClient) -> Referral:
     observations = tuple(str(r["id"]) for r in parsed.resources if r["resourceType"] == "Observation")
     for observation_id in observations:
         await store.add_index("Observation", "based-on", reference, observation_id)
-    await remember_facts(js, parsed.referral_id, parsed.facts)
+    await write_all(js, [facts_creation(parsed.referral_id, parsed.facts)])
     received = pb.ReferralReceived(event_id=new_id(), referral_id=parsed.referral_id, facts=parsed.facts)
     await js.publish(topology.REFERRAL_RECEIVED, received.SerializeToString())
     routed = routing_pb2.ReferralRouted(

@@ -96,7 +96,7 @@ async def notifier(
     """Run the delivery side of the notifier in this process with its own durable consumer."""
     await js.purge_stream("HAVEN_NOTIFICATIONS")
     retry = RetrySchedule.parse(schedule)
-    subscriptions = SubscriptionCache(await js.key_value(topology.BUCKET_SUBSCRIPTIONS))
+    subscriptions = SubscriptionCache(js)
     await subscriptions.start()
     async with httpx.AsyncClient(timeout=1.0) as http:
         deliverer = Deliverer(

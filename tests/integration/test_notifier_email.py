@@ -20,7 +20,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from nats.aio.client import Client as NatsClient
 
-from haven.kit import topology
 from haven.kit.nats_server import free_port
 from haven.notification.v1 import notification_pb2
 from haven.routing.v1 import routing_pb2
@@ -91,7 +90,7 @@ async def test_the_on_call_manager_is_emailed_after_retries_once_and_without_chi
         fhir_base_url="https://haven.example.org/fhir",
         addresses={ON_CALL: ON_CALL_ADDRESS},
     )
-    subscriptions = SubscriptionCache(await js.key_value(topology.BUCKET_SUBSCRIPTIONS))
+    subscriptions = SubscriptionCache(js)
     await subscriptions.start()
     planner = NotificationPlanner(js, subscriptions, RecipientDirectory(on_call_manager=ON_CALL), mailer)
     referral_id = str(uuid.uuid4())

@@ -57,7 +57,7 @@ async def planning(js: JetStreamContext, organisations: list[str]) -> AsyncItera
 
     Yields the ids of those subscriptions (others, from earlier tests, may exist for the same LA).
     """
-    subscriptions = SubscriptionCache(await js.key_value(topology.BUCKET_SUBSCRIPTIONS))
+    subscriptions = SubscriptionCache(js)
     await subscriptions.start()
     wanted = [await _subscribe(js, org) for org in organisations]
     deadline = time.monotonic() + 5

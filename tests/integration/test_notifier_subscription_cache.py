@@ -65,12 +65,12 @@ async def test_start_returns_with_every_subscription_loaded(nats_client: NatsCli
         await js.delete_key_value(name)
 
 
-async def test_an_empty_bucket_is_loaded_at_once_and_the_bucket_handle_still_works(
+async def test_an_empty_bucket_is_loaded_at_once_and_an_unknown_id_reads_as_none(
     nats_client: NatsClient,
 ) -> None:
     js = nats_client.jetstream()
     name, kv = await fresh_bucket(js)
-    cache = SubscriptionCache(kv)  # the form older callers use: the bucket's KeyValue
+    cache = SubscriptionCache(js, bucket=name)
     try:
         await asyncio.wait_for(cache.start(), timeout=10)
         assert cache.all() == []

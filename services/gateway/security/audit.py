@@ -85,6 +85,7 @@ def audit_event(
     *,
     at: datetime,
     request_id: str,
+    interaction_id: str,
     interaction: str | None = None,
     patient_reference: str | None = None,
     more_references: tuple[str, ...] = (),
@@ -96,10 +97,15 @@ def audit_event(
     `patient_reference` the child's `Patient/id` when known, so "who saw this child" is answerable.
     `more_references` are further records the same interaction touched (a transaction's resources),
     so one interaction is one AuditEvent. `request_id` ties the events of one request together
-    ("" omits it; one that is not a plain token is kept as a digest). `id` is derived from the
-    content. Raises ValueError for any other input outside its code list or pattern, so no free text
-    reaches the audit log.
+    ("" omits it; one that is not a plain token is kept as a digest). `interaction_id` is issued once
+    per interaction by the gateway (a uuid4 per request; a new referral's own id at intake): `id` is
+    derived from it and the content, so two identical interactions in the same millisecond are two
+    records, while writing the same interaction's event again (a retried publish, an intake completed
+    again) is de-duplicated. Raises ValueError for any input outside its code list or pattern, so no
+    free text reaches the audit log.
     """
+    if not interaction_id:
+        raise ValueError("interaction_id must be issued for the interaction; it may not be empty")
     if action not in DEFAULT_INTERACTION:
         raise ValueError(f"action must be one of C, R, U, D, E, not {action!r}")
     interaction = interaction or DEFAULT_INTERACTION[action]
@@ -134,10 +140,12 @@ def audit_event(
         },
         "entity": entities,
     }
-    # Derived from the content, so republishing the same event (a retried publish) is de-duplicated
-    # by Nats-Msg-Id, while two accesses differ at least in `recorded`.
+    # Derived from the interaction and the content: republishing the same event (a retried publish)
+    # is de-duplicated by Nats-Msg-Id, while two interactions differ in their ids even when `recorded`
+    # and everything else match (the clock ticks in milliseconds). The content still counts because
+    # one request may record several events (a create, then the records it moved).
     canonical = json.dumps(event, sort_keys=True, separators=(",", ":"))
-    event["id"] = str(uuid.uuid5(_AUDIT_NAMESPACE, canonical))
+    event["id"] = str(uuid.uuid5(_AUDIT_NAMESPACE, f"{interaction_id}|{canonical}"))
     return event
 
 

@@ -30,6 +30,7 @@ def event(**overrides: Any) -> dict[str, Any]:
         "purpose": Purpose.COORDINATION_OF_CARE,
         "at": AT,
         "request_id": "req-42",
+        "interaction_id": "6f1c2a52-0c52-4f57-9d6b-3c3c6d1b6a10",
     }
     return audit_event(**(arguments | overrides))
 
@@ -78,6 +79,17 @@ def test_the_id_is_stable_for_the_same_event_and_differs_for_another() -> None:
     assert event()["id"] == event()["id"]
     assert event()["id"] != event(at=AT + timedelta(milliseconds=1))["id"]
     assert event()["id"] != event(entity_reference="Task/t-2")["id"]
+
+
+def test_two_interactions_alike_to_the_millisecond_have_different_ids() -> None:
+    other = event(interaction_id="0b6a3f5e-8d7e-4a8f-9e55-1d2c3b4a5f60")
+    assert other["id"] != event()["id"]
+    assert {k: v for k, v in other.items() if k != "id"} == {k: v for k, v in event().items() if k != "id"}
+
+
+def test_an_interaction_without_an_id_is_refused() -> None:
+    with pytest.raises(ValueError, match="interaction_id"):
+        event(interaction_id="")
 
 
 def test_a_request_id_that_is_not_a_plain_token_is_kept_only_as_a_digest() -> None:

@@ -121,7 +121,7 @@ class PlannedNotification:
     @property
     def payload_json(self) -> bytes:
         """Return the payload as canonical JSON (sorted keys, no spaces): the exact bytes signed and sent."""
-        return json.dumps(self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _canonical_json(self.payload)
 
     def to_proto(self, subscription_id: str = "") -> notification_pb2.NotificationRequested:
         """Return the NotificationRequested event; its event id derives from the notification id."""
@@ -201,9 +201,7 @@ class RecipientGap:
             subscription_id=key,
             channel=_CHANNELS[self.channel],
             event_type=self.event_type,
-            payload_json=json.dumps(
-                self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode(),
+            payload_json=_canonical_json(self.payload),
         )
         message.occurred_at.CopyFrom(_timestamp(self.occurred_at))
         message.due_by.CopyFrom(_timestamp(self.due_by))
@@ -216,6 +214,18 @@ class Plan:
 
     notifications: list[PlannedNotification]
     gaps: list[RecipientGap]
+
+
+def _canonical_json(payload: Mapping[str, Any]) -> bytes:
+    # Sorted keys, no spaces: the exact bytes signed and sent, the same for a gap sent later.
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _strongest(rules: list[RecipientRule]) -> tuple[RecipientRule, list[str], timedelta]:
+    """Return the most urgent of the rules, the union of their fields and the earliest deadline."""
+    strongest = min(rules, key=lambda r: (r.urgency.rank, r.deadline))
+    fields = list(dict.fromkeys(f for r in rules for f in r.fields))
+    return strongest, fields, min(r.deadline for r in rules)
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -251,8 +261,7 @@ def _merge(
     source: SourceEvent,
     facts: Mapping[str, Any],
 ) -> PlannedNotification:
-    strongest = min(rules, key=lambda r: (r.urgency.rank, r.deadline))
-    fields = list(dict.fromkeys(f for r in rules for f in r.fields))
+    strongest, fields, deadline = _strongest(rules)
     # `own_*` facts are computed per organisation here, never taken from the caller: one provider's
     # task must not reach another because a caller put it in the shared facts.
     shared = {k: v for k, v in facts.items() if k not in _OWN_FACTS}
@@ -266,7 +275,7 @@ def _merge(
         roles=tuple(dict.fromkeys(r.role for r in rules)),
         channel=strongest.channel,
         urgency=strongest.urgency,
-        deadline=min(r.deadline for r in rules),
+        deadline=deadline,
         occurred_at=source.occurred_at,
         payload=project_fields(fields, own),
         policy_version=policy.version,
@@ -280,8 +289,7 @@ def _gap(
     source: SourceEvent,
     facts: Mapping[str, Any],
 ) -> RecipientGap:
-    strongest = min(rules, key=lambda r: (r.urgency.rank, r.deadline))
-    fields = list(dict.fromkeys(f for r in rules for f in r.fields))
+    strongest, fields, deadline = _strongest(rules)
     shared = {k: v for k, v in facts.items() if k not in _OWN_FACTS}
     return RecipientGap(
         notification_id=gap_notification_id(source.event_id, role, policy.event_type),
@@ -292,7 +300,7 @@ def _gap(
         local_authority_gss=source.local_authority_gss,
         channel=strongest.channel,
         urgency=strongest.urgency,
-        deadline=min(r.deadline for r in rules),
+        deadline=deadline,
         occurred_at=source.occurred_at,
         payload=project_fields(fields, shared),
         policy_version=policy.version,
@@ -375,13 +383,7 @@ class ScheduledEvent:
         return str(uuid.uuid5(SCHEDULED_EVENT_NAMESPACE, key))
 
     def facts(self) -> dict[str, Any]:
-        """Return the facts the raised event carries about its schedule entry."""
-        if self.anchor is Anchor.EXIT_DATE:
-            return {
-                "schedule_id": self.schedule_id,
-                "exit_date": self.anchor_at.date(),
-                "days_before_exit": (self.anchor_at.date() - self.due_at.date()).days,
-            }
+        """Return the facts the raised event carries about its schedule entry (a review of some kind)."""
         return {
             "schedule_id": self.schedule_id,
             "review_kind": self.schedule_id,
@@ -396,7 +398,8 @@ def scheduled_events(
     """Return every event the policies schedule from this anchor, earliest first.
 
     For example the missing-since anchor gives the four-week multi-agency review and the six-month
-    long-term-missing closure; the exit-date anchor gives the 90, 30 and 7-day transition alerts.
+    long-term-missing closure; the placement-start anchor gives the specialist-accommodation reviews.
+    Exit dates are not an anchor: eligibility owns them and publishes ExitApproaching itself.
     """
     policies = policies or load_policies()
     found = [

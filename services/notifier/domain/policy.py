@@ -102,9 +102,12 @@ class FieldKind(StrEnum):
 
 
 class Anchor(StrEnum):
-    """The date a scheduled event is counted from."""
+    """The date a scheduled event is counted from.
 
-    EXIT_DATE = "exit-date"
+    There is no exit-date anchor: eligibility owns exit dates and publishes ExitApproaching, so a
+    schedule here would alert twice.
+    """
+
     PLACEMENT_START = "placement-start"
     MISSING_SINCE = "missing-since"
     TASK_ROUTED = "task-routed"

@@ -61,7 +61,27 @@ def test_exit_dates_are_eligibilitys_so_the_exit_policy_schedules_nothing() -> N
     exit_due = load_policies()["exit-due"]
     assert exit_due.schedule == ()
     assert "eligibility_pre_exit_alert_days" in exit_due.summary
-    assert not any(s.anchor is Anchor.EXIT_DATE for p in load_policies().values() for s in p.schedule)
+
+
+def test_an_exit_date_schedule_is_refused_at_load(policy_copy: Path) -> None:
+    # Exit dates are eligibility's: a policy that counted from them would duplicate ExitApproaching.
+    _edit(
+        policy_copy,
+        "exit-due.yaml",
+        lambda d: d.update(
+            schedule=[
+                {
+                    "id": "exit-30-days",
+                    "anchor": "exit-date",
+                    "offset": "P30D",
+                    "basis": "stated",
+                    "citation": "none",
+                }
+            ]
+        ),
+    )
+    with pytest.raises(PolicyError, match="unknown Anchor"):
+        load_policies(policy_copy)
 
 
 def test_placement_reviews_apply_to_specialist_accommodation_only() -> None:

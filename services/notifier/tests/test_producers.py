@@ -108,7 +108,7 @@ async def running(
     ``clock`` is the service's clock: moving it ahead of the server's makes a schedule fire sooner.
     """
     kv = await js.key_value(topology.BUCKET_SUBSCRIPTIONS)
-    subscriptions = SubscriptionCache(kv)
+    subscriptions = SubscriptionCache(js)
     await subscriptions.start()
     wanted = []
     for organisation_id in organisations:
