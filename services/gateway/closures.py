@@ -4,10 +4,12 @@ The responsible local authority (or an operator) closes a referral when the chil
 The handler translates; `fhir.referral_status` decides. As for Tasks, the write is a compare-and-set
 on the version the caller read (412 when it moved on, 428 when the caller did not say); only after
 JetStream has stored it is ``ReferralClosed`` published, with an id derived from the referral and
-its new version, so a retried publish is dropped as a duplicate. Two services react to it: the
-eligibility service cancels the referral's re-assessments and ignores it from then on, and the
-notifier (services/notifier/closures.py) marks it closed, purges its schedules and missing episode
-and tells the owners of its open tasks. The gateway itself refuses new facts for it.
+its new version, so a retried publish is dropped as a duplicate. Three services react to it: the
+eligibility service cancels the referral's re-assessments and ignores it from then on; the router
+cancels its open tasks (status reason ``referral-closed``), frees their places and takes the child
+off waiting lists; the notifier (services/notifier/closures.py) marks it closed, purges its
+schedules and missing episode and tells the owners of its open tasks. The gateway itself refuses
+new facts for it.
 """
 
 from __future__ import annotations

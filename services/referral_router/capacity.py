@@ -42,6 +42,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.kit.kv_follow import follow
+from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.resources import KvWrite
 from haven.kit.topology import BUCKET_CAPACITY
 from services.referral_router.domain import Directory
@@ -209,6 +210,20 @@ class CapacityLedger:
     async def leave_waiting(self, service_id: str, referral_id: str) -> None:
         """Take the child off the service's waiting list (nothing happens when it is not on it)."""
         await self._bucket.delete(_waiting_key(service_id, referral_id))
+
+    async def leave_every_list(self, referral_id: str) -> None:
+        """Take the child off every waiting list it is on, as KV holds them (idempotent).
+
+        Asks KV rather than this router's view: an entry another router created a moment ago counts.
+        The listing names deleted entries too (their delete marker); deleting one again is harmless.
+        """
+        keys = await list_bucket_keys(self._bucket, f"{_WAITING}*.{referral_id}")
+        services = {self._waiting_service(key) for key in keys} | set(self.waiting_at(referral_id))
+        await asyncio.gather(*(self.leave_waiting(s, referral_id) for s in sorted(services)))
+
+    @staticmethod
+    def _waiting_service(key: str) -> str:
+        return key.removeprefix(_WAITING).partition(".")[0]
 
     # --- places ----------------------------------------------------------------------------------
 

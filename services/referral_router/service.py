@@ -2,15 +2,21 @@
 
 The matcher in ``services.referral_router.domain`` decides; this module reads capacity, takes and
 gives back places with compare-and-set, stores and closes Tasks and publishes each outcome on the
-LA's subject. Three durable consumers, each shared by every router process:
+LA's subject. Four durable consumers, each shared by every router process:
 
 - ``referral_router`` (EligibilityAssessed): a first routing; or, for a re-assessment whose decisions
-  changed, closes the tasks it ends and routes what is left unserved (``plan_after_eligibility_change``).
+  changed, closes the tasks it ends and routes what is left unserved (``plan_after_eligibility_change``);
+  or, for an assessment naming another local authority than the last routing, cancels the tasks whose
+  service does not cover the new area and routes them there (``plan_after_move``).
 - ``referral_router_tasks`` (TaskStatusChanged): accepted keeps the place (no expiry); rejected gives
   it back and routes to the next candidate (``plan_reroute_after_rejection``, trigger TASK_REJECTED);
   completed, cancelled or failed gives it back.
 - ``referral_router_expiry`` (the task id, fired by a JetStream message schedule): a place not accepted
   in time is given back, the task cancelled and the child routed on (trigger RESERVATION_EXPIRED).
+- ``referral_router_closures`` (ReferralClosed): marks the referral closed, cancels its open tasks,
+  gives their places back and takes the child off every waiting list. Nothing routes a closed
+  referral again; a routing that raced the closure finds the mark once its Tasks are stored and
+  cancels them itself (see ``_publish``).
 
 A redelivered message republishes the outcome already decided for it instead of deciding again.
 Assessments are handled in lanes (``lanes.py``): several referrals at once, one referral's messages
@@ -39,6 +45,7 @@ from haven.kit.lifecycle import ServiceContext, start
 from haven.kit.logs import log_event
 from haven.kit.resources import ResourceStore, StoredResource, write_all
 from haven.kit.timestamps import to_timestamp
+from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
 from haven.task.v1 import task_pb2
 from services.referral_router.capacity import CapacityLedger
@@ -46,17 +53,19 @@ from services.referral_router.domain import (
     Assessment,
     Continuation,
     Directory,
+    EligibilityChangePlan,
     ExistingTask,
     Outcome,
     RoutingPlan,
     assessment_from_proto,
     load_directory,
     plan_after_eligibility_change,
+    plan_after_move,
     plan_reroute_after_rejection,
     plan_routing,
     plan_to_proto,
 )
-from services.referral_router.domain.rerouting import NOT_STARTED
+from services.referral_router.domain.rerouting import ACTIVE, NOT_STARTED
 from services.referral_router.expiry import ReservationExpiry
 from services.referral_router.lanes import LaneConsumer
 from services.referral_router.live_directory import LiveDirectory, seed_directory
@@ -64,13 +73,17 @@ from services.referral_router.records import RoutingRecords
 from services.referral_router.settings import RouterSettings
 from services.referral_router.tasks import (
     REASON_EXIT,
+    REASON_MOVED_LOCAL_AUTHORITY,
     REASON_NO_LONGER_ELIGIBLE,
+    REASON_REFERRAL_CLOSED,
     REASON_RESERVATION_EXPIRED,
     REASON_ROUTE_CHANGED,
     close_task,
     existing_task,
     flag_for_review,
     referral_of,
+    rescope_task,
+    status_reason_code,
     store_tasks,
     tasks_of_referral,
 )
@@ -88,6 +101,9 @@ EXPIRY_CONSUMER = bus.ConsumerSpec(
     durable="referral_router_expiry",
     subjects=(topology.RESERVATION_EXPIRED,),
 )
+CLOSURE_CONSUMER = bus.ConsumerSpec(
+    stream="HAVEN_REFERRALS", durable="referral_router_closures", subjects=(topology.REFERRAL_CLOSED,)
+)
 
 # A reservation lost to another router makes us plan again without that service; bounded.
 _MAX_PLANNING_ROUNDS = 5
@@ -97,6 +113,8 @@ _TAKEN_ON = frozenset({"accepted", "in-progress", "on-hold"})
 _ENDED = frozenset({"completed", "cancelled", "failed", "entered-in-error"})
 # Re-assessments that may change the tasks already created.
 _REASSESSMENTS = frozenset({eligibility_pb2.TRIGGER_FACTS_UPDATED, eligibility_pb2.TRIGGER_SCHEDULED})
+# A task whose status moves while a closure cancels it is read again; bounded.
+_CANCEL_ATTEMPTS = 10
 
 # (free places, waiting ahead of the child) per service -> the plan.
 PlanFor = Callable[[Mapping[str, int], Mapping[str, int]], RoutingPlan]
@@ -148,23 +166,34 @@ class ReferralRouter:
         if not assessed.referral_id:
             raise bus.Unprocessable("assessment without referral id")
         trigger = f"assessed-{msg.metadata.sequence.stream}"
-        if await self._records.claim_first_sequence(assessed.referral_id):
+        referral_id, area = assessed.referral_id, assessed.facts.local_authority_gss
+        if await self._records.claim_first_sequence(referral_id, area):
             # Never routed before (the usual case): nothing decided, no tasks to look at.
             routed = await self._route_first(assessed, trigger, sequence=1)
         else:
-            decided = await self._records.decided(assessed.referral_id, trigger)
+            closed, decided, routed_for = await asyncio.gather(
+                self._records.is_closed(referral_id),
+                self._records.decided(referral_id, trigger),
+                self._records.routed_area(referral_id),
+            )
+            if closed:
+                log_event(_log, "assessment of a closed referral ignored", referral_id=referral_id)
+                return
             if decided is not None:
                 routed = decided  # a redelivery: the same decision again
             else:
+                moved = bool(routed_for) and bool(area) and routed_for != area
                 previous = (
-                    await tasks_of_referral(self._store, assessed.referral_id)
-                    if assessed.trigger in _REASSESSMENTS
+                    await tasks_of_referral(self._store, referral_id)
+                    if moved or assessed.trigger in _REASSESSMENTS
                     else []
                 )
-                if previous and not assessed.changed_programmes:
-                    log_event(_log, "re-assessment changed nothing", referral_id=assessed.referral_id)
+                if moved:
+                    routed = await self._route_after_move(assessed, previous, trigger)
+                elif previous and not assessed.changed_programmes:
+                    log_event(_log, "re-assessment changed nothing", referral_id=referral_id)
                     return
-                if previous:
+                elif previous:
                     routed = await self._route_after_change(assessed, previous, trigger)
                 else:
                     routed = await self._route_first(assessed, trigger)
@@ -181,6 +210,7 @@ class ReferralRouter:
             routing_pb2.ROUTING_TRIGGER_ASSESSED,
             lambda free, waiting: plan_routing(assessment, self._directory(), free, waiting, today),
             sequence=sequence,
+            area=assessed.facts.local_authority_gss,
         )
 
     async def _route_after_change(
@@ -199,15 +229,7 @@ class ReferralRouter:
             self._ledger.waiting_ahead(assessed.referral_id),
             now.date(),
         )
-        for closure in change.closures:
-            code = _closure_code(assessment, by_id[closure.task_id])
-            closed = await close_task(self._store, closure.task_id, closure.status, code, closure.reason, now)
-            await self._give_back(closure.task_id)
-            if closed is not None:
-                await self._publish_status(closed[0], closed[1], code)
-        await asyncio.gather(
-            *(flag_for_review(self._store, r.task_id, r.reason, now) for r in change.reviews)
-        )
+        await self._apply_change(change, assessment, by_id, now)
         # Plan again with the live capacity (the closures may have freed places).
         return await self._decide(
             assessed.referral_id,
@@ -218,6 +240,76 @@ class ReferralRouter:
                     previous, assessment, self._directory(), free, waiting, now.date()
                 ).routing
             ),
+            area=assessed.facts.local_authority_gss,
+        )
+
+    async def _route_after_move(
+        self, assessed: eligibility_pb2.EligibilityAssessed, stored: list[StoredResource], trigger: str
+    ) -> routing_pb2.ReferralRouted:
+        """Another LA is responsible: cancel the tasks the new area's services do not cover, route there.
+
+        Tasks whose service covers both areas stay, moved into the new area's scope if the gateway's
+        re-scope missed them (stored from a routing decided before the move). The outcome, published
+        on the new LA's subject, records the new area with it; until then a redelivery sees the move
+        again and finishes it (a task cancelled already is not cancelled twice).
+        """
+        now = self._clock()
+        area = assessed.facts.local_authority_gss
+        assessment = assessment_from_proto(assessed)
+        previous = [existing_task(t.resource) for t in stored]
+        change = plan_after_move(
+            previous,
+            assessment,
+            self._directory(),
+            self._ledger.known_free(),
+            self._ledger.waiting_ahead(assessed.referral_id),
+            now.date(),
+        )
+        await self._apply_change(change, assessment, {t.task_id: t for t in previous}, now)
+        closed = {c.task_id for c in change.closures}
+        await asyncio.gather(
+            *(
+                rescope_task(self._store, t.task_id, area, now)
+                for t in previous
+                if t.status in ACTIVE and t.task_id not in closed
+            )
+        )
+        log_event(
+            _log,
+            "referral moved to another local authority",
+            referral_id=assessed.referral_id,
+            tasks_cancelled=sum(1 for c in change.closures if c.moved),
+        )
+        return await self._decide(
+            assessed.referral_id,
+            trigger,
+            routing_pb2.ROUTING_TRIGGER_ASSESSED,
+            lambda free, waiting: (
+                plan_after_move(previous, assessment, self._directory(), free, waiting, now.date()).routing
+            ),
+            area=area,
+        )
+
+    async def _apply_change(
+        self,
+        change: EligibilityChangePlan,
+        assessment: Assessment,
+        by_id: Mapping[str, ExistingTask],
+        now: datetime,
+    ) -> None:
+        """Close the tasks the change ends (coded reason, place back, TaskStatusChanged); flag reviews."""
+        for closure in change.closures:
+            code = (
+                REASON_MOVED_LOCAL_AUTHORITY
+                if closure.moved
+                else _closure_code(assessment, by_id[closure.task_id])
+            )
+            closed = await close_task(self._store, closure.task_id, closure.status, code, closure.reason, now)
+            await self._give_back(closure.task_id)
+            if closed is not None:
+                await self._publish_status(closed[0], closed[1], code)
+        await asyncio.gather(
+            *(flag_for_review(self._store, r.task_id, r.reason, now) for r in change.reviews)
         )
 
     # --- TaskStatusChanged ---------------------------------------------------------------------
@@ -237,6 +329,9 @@ class ReferralRouter:
             await self._give_back(changed.task_id)
         elif changed.status == "rejected":
             await self._give_back(changed.task_id)
+            if await self._records.is_closed(changed.referral_id):
+                log_event(_log, "rejection for a closed referral", task_id=changed.task_id)
+                return  # nothing to route the child to any more
             trigger = f"task-{msg.metadata.sequence.stream}"
             if changed.service_id:
                 declined = _rejected_task(changed)  # the event says which service declined
@@ -265,7 +360,13 @@ class ReferralRouter:
             await self._ledger.release(task_id)
             return
         referral_id = referral_of(stored.resource)
-        routed = await self._records.decided(referral_id, trigger)
+        referral_closed, routed = await asyncio.gather(
+            self._records.is_closed(referral_id), self._records.decided(referral_id, trigger)
+        )
+        if referral_closed:
+            # The closure cancels the task; its place need not wait for that, and nobody is routed on.
+            await self._ledger.release(task_id)
+            return
         if routed is None:
             held = await self._ledger.reservation(task_id)
             if held is None or held.accepted:
@@ -305,6 +406,73 @@ class ReferralRouter:
             await self._publish(routed, assessed.facts.child_id)
             return
         await self._publish(routed, await self._child_of(referral_id))  # a redelivery: decided before
+
+    # --- ReferralClosed ------------------------------------------------------------------------
+
+    async def handle_closed(self, msg: Msg) -> None:
+        """Handle one ReferralClosed: mark the referral closed, then cancel and release what it holds.
+
+        The mark comes first, so an assessment, rejection or expiry handled meanwhile routes nothing;
+        every step after it is idempotent, so a redelivery (or a crash part-way) finishes the work.
+        """
+        try:
+            closed = referral_pb2.ReferralClosed.FromString(msg.data)
+        except DecodeError:
+            raise bus.Unprocessable("not a ReferralClosed message") from None
+        if not closed.referral_id:
+            raise bus.Unprocessable("ReferralClosed without referral id")
+        await self._records.mark_closed(self._js, closed)
+        cancelled = await self._close_referral(closed.referral_id)
+        log_event(_log, "referral closed", referral_id=closed.referral_id, tasks_cancelled=cancelled)
+
+    async def _close_referral(self, referral_id: str) -> int:
+        """Cancel every open task of a closed referral, give its places back, empty its waiting lists.
+
+        Returns how many tasks this call cancelled.
+        """
+        now = self._clock()
+        stored = await tasks_of_referral(self._store, referral_id)
+        cancelled = await asyncio.gather(
+            *(self._cancel_for_closure(str(t.resource["id"]), now) for t in stored)
+        )
+        await self._ledger.leave_every_list(referral_id)
+        return sum(cancelled)
+
+    async def _cancel_for_closure(self, task_id: str, now: datetime) -> bool:
+        """Cancel one task of a closed referral (``referral-closed``) and give its place back.
+
+        The status it is cancelled from is noted first, so that a redelivery finding it cancelled
+        already announces it again with the same event id (dropped as a duplicate if it went out).
+        """
+        cancelled = False
+        for _ in range(_CANCEL_ATTEMPTS):
+            current = await self._store.read("Task", task_id)
+            if current is None:
+                break
+            status = str(current.resource.get("status", ""))
+            if status in ACTIVE:
+                await self._records.note_cancelled_from(task_id, status)
+                closed = await close_task(
+                    self._store,
+                    task_id,
+                    "cancelled",
+                    REASON_REFERRAL_CLOSED,
+                    "the referral was closed",
+                    now,
+                    only_from=frozenset({status}),
+                )
+                if closed is None:
+                    continue  # its owner moved it meanwhile: look again
+                await self._publish_status(closed[0], closed[1], REASON_REFERRAL_CLOSED)
+                cancelled = True
+            elif status == "cancelled" and status_reason_code(current.resource) == REASON_REFERRAL_CLOSED:
+                previous = await self._records.cancelled_from(task_id)
+                await self._publish_status(current, previous, REASON_REFERRAL_CLOSED)
+            break
+        else:
+            raise RuntimeError(f"Task {task_id} kept changing while the referral was being closed")
+        await self._give_back(task_id)  # every task: a place left by a crash part-way is released too
+        return cancelled
 
     # --- Shared --------------------------------------------------------------------------------
 
@@ -356,8 +524,12 @@ class ReferralRouter:
         plan_for: PlanFor,
         *,
         sequence: int | None = None,
+        area: str | None = None,
     ) -> routing_pb2.ReferralRouted:
         """Plan, take the places named, follow the waiting lists, and record the decision.
+
+        With ``area`` (a routing after an assessment), the decision records that the referral is now
+        routed for that LA; a first routing (``sequence`` 1) recorded it with its sequence already.
 
         A place lost to another routing makes it plan again without that service. Capacity and waiting
         lists come from this router's view (no KV read); places are taken by compare-and-set, grouped
@@ -405,7 +577,10 @@ class ReferralRouter:
                 routed = plan_to_proto(
                     positioned, referral_id, sequence=sequence, occurred_at=now, trigger=routing_trigger
                 )
-        await write_all(self._js, [self._records.outcome_record(routed, trigger)])
+        records = [self._records.outcome_record(routed, trigger)]
+        if area is not None and sequence != 1:
+            records.append(self._records.area_record(referral_id, area))
+        await write_all(self._js, records)
         return routed
 
     async def _hold(self, taken: list[tuple[str, str]], now: datetime) -> None:
@@ -453,10 +628,21 @@ class ReferralRouter:
         return (await self._assessment(referral_id)).facts.child_id
 
     async def _publish(self, routed: routing_pb2.ReferralRouted, child_id: str) -> None:
+        """Store the decision's Tasks, announce it, and undo it if the referral was closed meanwhile.
+
+        A closure marks the referral, then lists its tasks; a routing stores its tasks, then reads the
+        mark. Whichever comes second sees the other, so a routing that raced a closure has its tasks
+        cancelled by one or the other. The read goes out with the announcement: no wait on the way.
+        """
         await store_tasks(self._store, routed, child_id, self._clock(), self._js)
-        await bus.publish_event(
-            self._js, topology.routed_subject(routed.local_authority_gss), routed, msg_id=routed.event_id
+        _, closed = await asyncio.gather(
+            bus.publish_event(
+                self._js, topology.routed_subject(routed.local_authority_gss), routed, msg_id=routed.event_id
+            ),
+            self._records.is_closed(routed.referral_id),
         )
+        if closed:
+            await self._close_referral(routed.referral_id)
         log_event(
             _log,
             "referral routed",
@@ -560,6 +746,7 @@ async def run(ctx: ServiceContext, settings: RouterSettings, clock: Clock = syst
             assessments.run(ctx.js, ctx.stop),
             bus.consume(ctx.js, TASK_CONSUMER, router.handle_task_status, ctx.stop),
             bus.consume(ctx.js, EXPIRY_CONSUMER, router.handle_expiry, ctx.stop),
+            bus.consume(ctx.js, CLOSURE_CONSUMER, router.handle_closed, ctx.stop),
             watch,
             capacity,
         )

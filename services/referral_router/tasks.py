@@ -1,13 +1,16 @@
 """FHIR Tasks for routed services: built from the ReferralRouted event, stored with their access scope.
 
 The router also closes the tasks it decides are over (an expired reservation, a programme exit, a
-child no longer eligible) with a coded ``statusReason``, and flags tasks a person must review.
+child no longer eligible, a closed referral, a move to an area the service does not cover) with a
+coded ``statusReason``, flags tasks a person must review, and moves the tasks it keeps on a move of
+local authority into the new area's scope.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -128,6 +131,17 @@ REASON_RESERVATION_EXPIRED = "reservation-expired"
 REASON_EXIT = "programme-exit"
 REASON_NO_LONGER_ELIGIBLE = "no-longer-eligible"
 REASON_ROUTE_CHANGED = "route-changed"
+REASON_REFERRAL_CLOSED = "referral-closed"
+REASON_MOVED_LOCAL_AUTHORITY = "moved-local-authority"
+# Every code the router writes, with its meaning (docs/fhir/profile.md lists them beside the owners').
+ROUTER_STATUS_REASONS: dict[str, str] = {
+    REASON_RESERVATION_EXPIRED: "The provider did not accept the reserved place in time",
+    REASON_EXIT: "The child leaves the programme (its exit rule)",
+    REASON_NO_LONGER_ELIGIBLE: "The child is no longer eligible for the programme",
+    REASON_ROUTE_CHANGED: "The programme's route changed; a new task replaces this one",
+    REASON_REFERRAL_CLOSED: "The referral was closed (completed or revoked) by the local authority",
+    REASON_MOVED_LOCAL_AUTHORITY: "Another local authority is responsible and the service does not cover it",
+}
 
 _TASK_UPDATE_ATTEMPTS = 10
 
@@ -152,6 +166,12 @@ def existing_task(resource: dict[str, Any]) -> ExistingTask:
         route=str(next((c["code"] for c in routes if c.get("system") == CS_TASK_ROUTE), "")),
         status=str(resource.get("status", "")),
     )
+
+
+def status_reason_code(resource: dict[str, Any]) -> str:
+    """Return a stored Task's ``statusReason`` code in the task-status-reason system ("" when none)."""
+    codings = (resource.get("statusReason") or {}).get("coding", [])
+    return str(next((c.get("code", "") for c in codings if c.get("system") == CS_TASK_STATUS_REASON), ""))
 
 
 def referral_of(resource: dict[str, Any]) -> str:
@@ -198,6 +218,27 @@ async def close_task(
         except VersionConflictError:
             continue
     raise RuntimeError(f"Task {task_id} kept changing while it was being closed")
+
+
+async def rescope_task(store: ResourceStore, task_id: str, local_authority_gss: str, now: datetime) -> bool:
+    """Put a live Task in the scope of another local authority and index it there; False if not moved.
+
+    For a task the router kept on a move of local authority that still carries the old area (one the
+    router stored from a routing decided before the gateway re-scoped the referral's records).
+    Compare-and-set, read again on conflict; a task already in the area is left as it is.
+    """
+    for _ in range(_TASK_UPDATE_ATTEMPTS):
+        stored = await store.read("Task", task_id)
+        if stored is None or stored.scope.local_authority_gss == local_authority_gss:
+            return False
+        scope = replace(stored.scope, local_authority_gss=local_authority_gss)
+        try:
+            await store.update(dict(stored.resource), scope, now, stored.version)
+        except VersionConflictError:
+            continue
+        await store.add_index("Task", "local-authority", local_authority_gss or "UNKNOWN", task_id)
+        return True
+    raise RuntimeError(f"Task {task_id} kept changing while it was being moved")
 
 
 async def flag_for_review(store: ResourceStore, task_id: str, reason: str, now: datetime) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
@@ -102,6 +103,43 @@ async def publish_status(
         changed_by_organisation_id=task.owner_organisation_id,
     )
     await bus.publish_event(nc.jetstream(), topology.TASK_STATUS_CHANGED, event, msg_id=event.event_id)
+
+
+async def publish_closed(
+    nc: NatsClient,
+    referral_id: str,
+    gss: str,
+    closure: referral_pb2.ReferralClosure.ValueType = referral_pb2.REFERRAL_CLOSURE_REVOKED,
+    *,
+    msg_id: str = "",
+) -> referral_pb2.ReferralClosed:
+    """Publish a ReferralClosed as the gateway does after ``PUT ServiceRequest`` (completed or revoked).
+
+    ``msg_id`` other than the event id makes JetStream store a second copy: a redelivery, in effect.
+    """
+    event = referral_pb2.ReferralClosed(
+        event_id=f"closed-{referral_id}",
+        referral_id=referral_id,
+        closure=closure,
+        local_authority_gss=gss,
+        closed_by_organisation_id="demo-la",
+    )
+    await bus.publish_event(nc.jetstream(), topology.REFERRAL_CLOSED, event, msg_id=msg_id or event.event_id)
+    return event
+
+
+async def consumers_idle(nc: NatsClient, *specs: bus.ConsumerSpec, timeout: float = 10.0) -> None:
+    """Wait until every durable consumer has been given and has acknowledged every message it holds."""
+    js = nc.jetstream()
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                infos = [await js.consumer_info(spec.stream, spec.durable) for spec in specs]
+            except NotFoundError:
+                infos = []  # the router creates its consumers as it starts them
+            if infos and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+                return
+            await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from services.referral_router.domain.rerouting import (
     TaskClosure,
     TaskReview,
     plan_after_eligibility_change,
+    plan_after_move,
     plan_reroute_after_rejection,
 )
 from services.referral_router.domain.to_proto import plan_to_proto, routed_event_id_for, task_id_for
@@ -81,6 +82,7 @@ __all__ = [
     "healthcare_service_to_fhir",
     "load_directory",
     "plan_after_eligibility_change",
+    "plan_after_move",
     "plan_reroute_after_rejection",
     "plan_routing",
     "plan_to_proto",

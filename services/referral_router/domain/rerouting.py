@@ -1,4 +1,4 @@
-"""Routing again: after a provider rejects a task, and after the child's eligibility changes.
+"""Routing again: after a provider rejects a task, after the child's eligibility changes, after a move.
 
 Both reuse `plan_routing` with the declined services left out or the categories already served kept,
 so the ranking and the fallback stay the same rules as for a first routing.
@@ -15,7 +15,7 @@ from haven.organisations import Organisation
 from services.referral_router.domain.assessment import Assessment, Continuation, Outcome
 from services.referral_router.domain.directory import Directory, ServiceCategory
 from services.referral_router.domain.matching import decide_fallback, plan_routing, why_not_routable
-from services.referral_router.domain.plan import RoutingPlan
+from services.referral_router.domain.plan import PlannedTask, RoutingPlan
 
 # FHIR Task statuses before the owner has taken the work on: closing such a task cancels it.
 NOT_STARTED: Final = frozenset({"draft", "requested", "received", "ready"})
@@ -36,11 +36,16 @@ class ExistingTask:
 
 @dataclass(frozen=True)
 class TaskClosure:
-    """A task to close: `cancelled` before work started, `completed` once the child was in the service."""
+    """A task to close: `cancelled` before work started, `completed` once the child was in the service.
+
+    `moved` when it closes because another local authority is responsible and its service does not
+    cover that area (always `cancelled`: the work was not done).
+    """
 
     task_id: str
     status: str
     reason: str
+    moved: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,3 +162,70 @@ def plan_after_eligibility_change(
             ),
         )
     return EligibilityChangePlan(closures=tuple(closures), reviews=tuple(reviews), routing=routing)
+
+
+def plan_after_move(
+    previous_tasks: Sequence[ExistingTask],
+    assessment: Assessment,
+    directory: Directory,
+    free_places: Mapping[str, int],
+    waiting: Mapping[str, int],
+    on: date,
+    *,
+    organisations: Mapping[str, Organisation] | None = None,
+) -> EligibilityChangePlan:
+    """Route a referral again for the local authority its assessment now names (ADR 7).
+
+    - A live task whose service does not cover the new area on the date is cancelled (`moved`), and
+      its category is routed again in the new area; the new task is part of the old one when it is
+      for the same programme (the same work carried on by another service), else it stands alone.
+    - A live task whose service covers the new area stays, and the eligibility rules of
+      `plan_after_eligibility_change` apply to it as to any re-assessment (the move may come with
+      changed decisions).
+    - **Decision**: a started task (accepted, in progress) is cancelled too when its service does not
+      cover the new area: the child can no longer be served there, and the new area's service carries
+      the work on (the sources do not say; programmes.md "do not invent" leaves it to the new LA).
+    """
+    gss = assessment.facts.local_authority_gss
+    moving: list[ExistingTask] = []
+    staying: list[ExistingTask] = []
+    for task in previous_tasks:
+        service = directory.get(task.service_id)
+        if task.status in ACTIVE and service is not None and not service.covers(gss, on):
+            moving.append(task)
+        else:
+            staying.append(task)
+    change = plan_after_eligibility_change(
+        staying, assessment, directory, free_places, waiting, on, organisations=organisations
+    )
+    if not moving:
+        return change
+    moved_from: dict[ServiceCategory, ExistingTask] = {}
+    for task in moving:
+        service = directory.get(task.service_id)
+        if service is not None:
+            moved_from.setdefault(service.category, task)
+    routing = replace(
+        change.routing, tasks=tuple(_part_of_moved(t, directory, moved_from) for t in change.routing.tasks)
+    )
+    closures = tuple(
+        TaskClosure(
+            task.task_id,
+            "cancelled",
+            f"moved: {task.service_id} does not cover {gss or 'the new local authority'}",
+            moved=True,
+        )
+        for task in moving
+    )
+    return EligibilityChangePlan(closures=closures + change.closures, reviews=change.reviews, routing=routing)
+
+
+def _part_of_moved(
+    planned: PlannedTask, directory: Directory, moved_from: Mapping[ServiceCategory, ExistingTask]
+) -> PlannedTask:
+    """Make a new task part of the task the move cancelled in its category, if for the same programme."""
+    service = directory.get(planned.service_id)
+    old = None if service is None else moved_from.get(service.category)
+    if planned.part_of_task_id or old is None or old.programme_id != planned.programme_id:
+        return planned
+    return replace(planned, part_of_task_id=old.task_id)
