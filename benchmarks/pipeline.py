@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
+from benchmarks.gateway import referral_bodies
 from haven.kit import bus
 from haven.kit.nats_server import free_port, start_embedded_nats
 from haven.system import HavenSystem, SystemConfig
@@ -51,7 +52,11 @@ def summary(latencies: list[float], sent: int, elapsed: float) -> dict[str, floa
 
 
 class _Arrivals:
-    """A webhook receiver recording when each referral's outcome arrived."""
+    """A webhook receiver recording when each referral's routing outcome arrived.
+
+    Each referral also raises `referral-received` straight from the gateway's event; only
+    `referral-routed` has been through eligibility and the router, so only it is timed.
+    """
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
@@ -60,7 +65,8 @@ class _Arrivals:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                arrivals.at.setdefault(json.loads(body)["referral_id"], time.perf_counter())
+                if self.headers.get("x-haven-event-type") == "referral-routed":
+                    arrivals.at.setdefault(json.loads(body)["referral_id"], time.perf_counter())
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -77,13 +83,13 @@ class _Arrivals:
 
 
 async def _post_at_rate(
-    base: str, headers: dict[str, str], body: bytes, rate: int, seconds: int
+    base: str, headers: dict[str, str], bodies: list[bytes], rate: int, seconds: int
 ) -> dict[str, float]:
     sent_at: dict[str, float] = {}
     failures: dict[int, int] = {}
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as client:
 
-        async def post_one(planned: float) -> None:
+        async def post_one(planned: float, body: bytes) -> None:
             await asyncio.sleep(max(0.0, planned - time.perf_counter()))
             start = time.perf_counter()
             answer = await client.post(base, content=body, headers=headers)
@@ -93,7 +99,7 @@ async def _post_at_rate(
                 failures[answer.status_code] = failures.get(answer.status_code, 0) + 1
 
         begin = time.perf_counter() + 0.5
-        await asyncio.gather(*(post_one(begin + i / rate) for i in range(rate * seconds)))
+        await asyncio.gather(*(post_one(begin + i / rate, bodies[i]) for i in range(rate * seconds)))
     if failures:
         print(f"  POST failures by status: {failures}")
     return sent_at
@@ -101,7 +107,7 @@ async def _post_at_rate(
 
 def measure_pipeline(rate: int = RATE_PER_SECOND, seconds: int = DURATION_SECONDS) -> dict[str, float]:
     """Start the system, post at ``rate`` for ``seconds``, and return the latency summary."""
-    from tests.support.client import example, subscription, token
+    from tests.support.client import subscription, token
 
     with tempfile.TemporaryDirectory() as scratch:
         config = SystemConfig.with_free_ports(
@@ -123,13 +129,15 @@ def measure_pipeline(rate: int = RATE_PER_SECOND, seconds: int = DURATION_SECOND
                 "Authorization": f"Bearer {token(data_dir, 'demo-police', 'referrer')}",
                 "Content-Type": "application/fhir+json",
             }
-            body = json.dumps(example("police-night-referral.json")).encode()
-            for _ in range(20):  # warm up every process before measuring
+            # Distinct children, as on a real night: one child posted a thousand times would make every
+            # referral a possible duplicate of all the others.
+            bodies = referral_bodies(rate * seconds + 20)
+            for body in bodies[-20:]:  # warm up every process before measuring
                 httpx.post(config.gateway_url, content=body, headers=police).raise_for_status()
             time.sleep(1)
             arrivals.at.clear()
             started = time.perf_counter()
-            sent_at = asyncio.run(_post_at_rate(config.gateway_url, police, body, rate, seconds))
+            sent_at = asyncio.run(_post_at_rate(config.gateway_url, police, bodies, rate, seconds))
             deadline = time.perf_counter() + 30
             while time.perf_counter() < deadline and not set(sent_at) <= set(arrivals.at):
                 time.sleep(0.05)

@@ -36,6 +36,15 @@ from haven.notification.v1 import notification_pb2
 
 _log = logging.getLogger(__name__)
 
+# Lanes per subscription. A lane delivers one item at a time, and an item's turn is mostly KV round
+# trips (a few milliseconds on a quiet machine, tens when the CPU is contended), so with few lanes a
+# busy subscription's items queue behind each other's round trips (head-of-line blocking between
+# unrelated referrals) and near saturation every extra load (a dead receiver's items) multiplies the
+# wait. 16 lanes keep a subscription well below that at hundreds of items a second; the POST itself is
+# still capped per endpoint by the deliverer (``endpoint_in_flight``).
+DEFAULT_STRIPES = 16
+# Items queued per lane before more are sent back (16 x 8: the same 128 per subscription as 4 x 32).
+DEFAULT_LANE_CAPACITY = 8
 # Seconds a message refused by a full lane waits in JetStream before it is offered again.
 OVERFLOW_DELAY_SECONDS = 1.0
 # How far past the time it was refused for a refused message may come back before a lane stops waiting.
@@ -70,10 +79,10 @@ class LaneRunner:
         spec: bus.ConsumerSpec,
         handler: bus.Handler,
         *,
-        lane_capacity: int = 32,
+        lane_capacity: int = DEFAULT_LANE_CAPACITY,
         batch: int = 64,
         parked_for: ParkedFor | None = None,
-        stripes: int = 4,
+        stripes: int = DEFAULT_STRIPES,
     ) -> None:
         self._spec = spec
         self._handler = handler

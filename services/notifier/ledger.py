@@ -51,6 +51,9 @@ class DeliveryLedger:
     def __init__(self, deliveries: KeyValue, events: KeyValue) -> None:
         self._deliveries = deliveries
         self._events = events
+        # Per subscription, the event counter's value and revision as this process last wrote them.
+        self._counters: dict[str, tuple[int, int]] = {}
+        self._counter_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> DeliveryLedger:
@@ -137,23 +140,49 @@ class DeliveryLedger:
 
     async def number_event(self, subscription_id: str, event: SubscriptionEvent) -> int:
         """Give the event the subscription's next number (compare-and-set on the counter) and keep it."""
+        number = await self.next_event_number(subscription_id)
+        await self.put_event(subscription_id, event, number)
+        return number
+
+    async def next_event_number(self, subscription_id: str) -> int:
+        """Take the subscription's next event number: a compare-and-set on its counter.
+
+        The counter's last value and revision are remembered, so the usual case (this process
+        numbered the subscription's last event) is one write and no read; when another process
+        numbered one meanwhile the write is refused and the counter is read again. Within the
+        process the subscription's lanes take numbers one at a time: racing each other for the
+        same revision, all but one would be refused and read again, a storm at a busy subscription.
+        """
+        lock = self._counter_locks.setdefault(subscription_id, asyncio.Lock())
+        async with lock:
+            return await self._take_number(subscription_id)
+
+    async def _take_number(self, subscription_id: str) -> int:
         key = f"{subscription_id}.counter"
+        cached = self._counters.get(subscription_id)
         while True:
-            try:
-                entry = await self._events.get(key)
-            except KeyNotFoundError:
+            if cached is None:
                 try:
-                    await self._events.create(key, b"1")
-                except KeyWrongLastSequenceError:
-                    continue
-                number = 1
-                break
-            number = int(entry.value or b"0") + 1
+                    entry = await self._events.get(key)
+                except KeyNotFoundError:
+                    try:
+                        revision = await self._events.create(key, b"1")
+                    except KeyWrongLastSequenceError:
+                        continue
+                    self._counters[subscription_id] = (1, revision)
+                    return 1
+                cached = (int(entry.value or b"0"), int(entry.revision or 0))
+            number = cached[0] + 1
             try:
-                await self._events.update(key, str(number).encode(), last=entry.revision)
+                revision = await self._events.update(key, str(number).encode(), last=cached[1])
             except KeyWrongLastSequenceError:
-                continue  # another process numbered an event at the same time: read again
-            break
+                cached = None  # another process numbered an event meanwhile: read again
+                continue
+            self._counters[subscription_id] = (number, revision)
+            return number
+
+    async def put_event(self, subscription_id: str, event: SubscriptionEvent, number: int) -> None:
+        """Keep numbered event ``number`` of a subscription, for ``$events``."""
         numbered = SubscriptionEvent(
             event_number=number,
             notification_id=event.notification_id,
@@ -163,7 +192,6 @@ class DeliveryLedger:
             payload_json=event.payload_json,
         )
         await self._events.put(f"{subscription_id}.{number}", _dump(numbered.to_json()))
-        return number
 
     async def events_count(self, subscription_id: str) -> int:
         """Return `events-since-subscription-start`."""

@@ -114,6 +114,7 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
             partners=partners,
             resolve_gap=planner.resolve_gap,  # a redriven recipient gap is planned again
         )
+        await deliverer.warm_up()
         consumer = delivery_consumer(
             schedule, settings.delivery_ack_wait_seconds, settings.delivery_max_ack_pending
         )
@@ -151,6 +152,7 @@ async def run(ctx: ServiceContext, settings: NotifierSettings, clock: Clock = sy
             )
         finally:
             await server.stop(grace=2)
+            await deliverer.aclose()
             await subscriptions.stop()
 
 

@@ -19,9 +19,13 @@ class NotifierSettings(ServiceSettings):
     webhook_timeout_seconds: float = Field(default=5.0, description="time a receiver has to answer")
     breaker_failure_threshold: int = Field(default=5, description="failures that open an endpoint's breaker")
     breaker_reset_seconds: float = Field(default=30.0, description="how long a breaker stays open")
-    max_connections: int = Field(default=200, description="open HTTP connections to receivers, in all")
+    max_connections: int = Field(
+        default=200,
+        description="open HTTP connections for heartbeats, in all (each endpoint's deliveries have a pool "
+        "of endpoint_in_flight connections of their own)",
+    )
     lane_capacity: int = Field(
-        default=32, description="work items queued per subscription before more are sent back for later"
+        default=8, description="work items queued per lane before more are sent back for later"
     )
     delivery_ack_wait_seconds: float = Field(
         default=30.0, description="how soon a work item held by a notifier that died is offered again"
@@ -33,7 +37,7 @@ class NotifierSettings(ServiceSettings):
         default=2, description="timeouts in a row that open an endpoint's breaker (a hanging receiver)"
     )
     lanes_per_subscription: int = Field(
-        default=4, description="lanes per subscription (a referral always uses the same one, in order)"
+        default=16, description="lanes per subscription (a referral always uses the same one, in order)"
     )
     endpoint_in_flight: int = Field(default=4, description="attempts in flight at once to one endpoint")
     delivery_max_ack_pending: int = Field(
