@@ -35,6 +35,7 @@ from haven.kit import topology
 from haven.kit.clock import Clock, system_clock
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
+from haven.kit.schedules import at_header, is_subject_token, purge_under, subjects_under
 from haven.kit.timestamps import to_timestamp
 from services.eligibility.domain.schedule import PlannedReassessment
 
@@ -46,13 +47,9 @@ class UnschedulableReferralError(ValueError):
     """The referral id cannot be one token of a NATS subject."""
 
 
-def _is_token(value: str) -> bool:
-    return bool(value) and len(value) <= 128 and all(c.isalnum() or c in "-_" for c in value)
-
-
 def referral_prefix(referral_id: str) -> str:
     """Return the subject prefix under which every schedule of one referral lives."""
-    if not _is_token(referral_id):
+    if not is_subject_token(referral_id):
         raise UnschedulableReferralError("referral id is not a subject token")
     return f"{topology.REASSESSMENT_SCHEDULE_PREFIX}.{referral_id}"
 
@@ -61,7 +58,7 @@ def schedule_subject(referral_id: str, plan: PlannedReassessment) -> str:
     """Return the one subject that holds the schedule for this referral, reason and programme."""
     subject = f"{referral_prefix(referral_id)}.{plan.reason}"
     if plan.programme_id:
-        if not _is_token(plan.programme_id):
+        if not is_subject_token(plan.programme_id):
             raise UnschedulableReferralError("programme id is not a subject token")
         subject += f".{plan.programme_id}"
     return subject
@@ -81,14 +78,6 @@ def reassessment_due(
         reason=plan.reason,
         programme_id=plan.programme_id,
     )
-
-
-def at_header(instant: datetime) -> str:
-    """Return the ``Nats-Schedule`` value for a one-off schedule: ``@at`` and RFC 3339 UTC, whole seconds."""
-    utc = instant.astimezone(UTC)
-    if utc.microsecond:
-        utc = utc.replace(microsecond=0) + timedelta(seconds=1)  # never fire before the instant
-    return f"@at {utc.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 class ReassessmentScheduler:
@@ -120,7 +109,7 @@ class ReassessmentScheduler:
         now = self._clock()
         for subject, plan in wanted.items():
             await self._publish(subject, reassessment_due(referral_id, plan, now))
-        for subject in await self._existing(prefix) - wanted.keys():
+        for subject in await subjects_under(self._js, SCHEDULE_STREAM, prefix) - wanted.keys():
             await self._js.purge_stream(SCHEDULE_STREAM, subject=subject)
         log_event(_log, "re-assessments scheduled", referral_id=referral_id, count=len(wanted))
 
@@ -143,14 +132,9 @@ class ReassessmentScheduler:
             return False
         return eligibility_pb2.ReassessmentDue.FromString(current.data or b"").event_id == event_id
 
-    async def _existing(self, prefix: str) -> set[str]:
-        info = await self._js.stream_info(SCHEDULE_STREAM, subjects_filter=f"{prefix}.>")
-        return set((info.state.subjects or {}).keys())
-
     async def cancel(self, referral_id: str) -> None:
         """Remove every schedule of a referral (for a closed referral)."""
-        for subject in await self._existing(referral_prefix(referral_id)):
-            await self._js.purge_stream(SCHEDULE_STREAM, subject=subject)
+        await purge_under(self._js, SCHEDULE_STREAM, referral_prefix(referral_id))
 
 
 def seconds_until(instant: datetime, now: datetime) -> float:

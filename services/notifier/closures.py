@@ -37,12 +37,13 @@ from nats.js.kv import KeyValue
 from haven.kit import bus, topology
 from haven.kit.logs import log_event
 from haven.kit.resources import ResourceStore
+from haven.kit.schedules import is_subject_token
 from haven.kit.timestamps import from_timestamp
 from haven.referral.v1 import referral_pb2
 from services.notifier.changes import decode, open_tasks
 from services.notifier.domain import ProjectionError, SourceEvent, TaskRef
 from services.notifier.planner import NotificationPlanner
-from services.notifier.schedules import KINDS, Scheduler, is_token
+from services.notifier.schedules import KINDS, Scheduler
 
 if TYPE_CHECKING:
     from services.notifier.missing import MissingEpisodes
@@ -100,7 +101,7 @@ class ClosedReferrals:
         Both reads at once: the mark (this notifier has handled the close) and the ServiceRequest's
         status (the gateway stored it before publishing, so it is closed even before the mark exists).
         """
-        if not is_token(referral_id):
+        if not is_subject_token(referral_id):
             return False  # never marked (a close naming such an id is refused) nor stored
         marked, stored = await asyncio.gather(
             self._marked(referral_id), self._store.read("ServiceRequest", referral_id)
@@ -137,7 +138,7 @@ class ReferralClosures:
         closed = decode(referral_pb2.ReferralClosed, msg.data)
         if not closed.event_id or not closed.referral_id:
             raise bus.Unprocessable("ReferralClosed without event or referral id")
-        if not is_token(closed.referral_id):
+        if not is_subject_token(closed.referral_id):
             raise bus.Unprocessable("ReferralClosed whose referral id is not a subject token")
         first = await self._closed.mark(closed)
         purged = 0

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from haven.kit import bus, topology
 from haven.kit.logs import log_event
 from haven.kit.resources import ResourceStore
+from haven.kit.schedules import is_subject_token
 from haven.kit.timestamps import from_timestamp
 from haven.routing.v1 import routing_pb2
 from haven.task.v1 import task_pb2
@@ -42,7 +43,6 @@ from services.notifier.schedules import (
     JsonBody,
     Scheduler,
     due_entries,
-    is_token,
     parse_instant,
 )
 
@@ -118,7 +118,7 @@ class Escalations:
         waiting = [t for t in routed.tasks if t.status in ("", REQUESTED)]
         if not waiting:
             return
-        if not is_token(routed.referral_id) or not all(is_token(t.task_id) for t in waiting):
+        if not is_subject_token(routed.referral_id) or not all(is_subject_token(t.task_id) for t in waiting):
             raise bus.Unprocessable("routing whose referral or task id is not a subject token")
         anchor = from_timestamp(routed.occurred_at)
         waiting = [t for t in waiting if _may_escalate(t.programme_id, anchor)]
@@ -161,14 +161,14 @@ class Escalations:
         changed = decode(task_pb2.TaskStatusChanged, msg.data)
         if changed.status == REQUESTED:
             return
-        if not is_token(changed.referral_id) or not is_token(changed.task_id):
+        if not is_subject_token(changed.referral_id) or not is_subject_token(changed.task_id):
             raise bus.Unprocessable("task change whose referral or task id is not a subject token")
         await self._scheduler.cancel(ACKNOWLEDGEMENTS, (changed.referral_id, changed.task_id))
 
     async def handle_due(self, msg: Msg) -> None:
         """Raise `task-not-acknowledged` for a fired deadline whose Task is still requested."""
         due = ScheduledAcknowledgement.from_bytes(msg.data)
-        if not is_token(due.referral_id) or not is_token(due.task_id):
+        if not is_subject_token(due.referral_id) or not is_subject_token(due.task_id):
             raise bus.Unprocessable("deadline whose referral or task id is not a subject token")
         stored = await self._store.read("Task", due.task_id)
         if stored is None or stored.resource.get("status") != REQUESTED:

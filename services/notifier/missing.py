@@ -44,6 +44,7 @@ from haven.kit.clock import Clock, system_clock
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
 from haven.kit.resources import ResourceStore
+from haven.kit.schedules import is_subject_token
 from haven.referral.v1 import referral_pb2
 from services.notifier.changes import open_tasks
 from services.notifier.closures import ClosedReferrals
@@ -58,7 +59,6 @@ from services.notifier.schedules import (
     Scheduler,
     due_entries,
     entry_for,
-    is_token,
     parse_instant,
 )
 
@@ -150,7 +150,7 @@ class MissingEpisodes:
         """Handle one ReferralFactsUpdated."""
         event = referral_pb2.ReferralFactsUpdated.FromString(msg.data)
         referral_id = event.referral_id
-        if not is_token(referral_id):
+        if not is_subject_token(referral_id):
             raise bus.Unprocessable("referral id is not a subject token")
         episode = await self._open_episode(referral_id)
         occurred_at = event.occurred_at.ToDatetime(tzinfo=UTC)
@@ -248,7 +248,7 @@ class MissingEpisodes:
     async def handle_review(self, msg: Msg) -> None:
         """Raise `review-due` for a fired schedule whose missing episode is still open."""
         review = ScheduledReview.from_bytes(msg.data)
-        if not is_token(review.referral_id):
+        if not is_subject_token(review.referral_id):
             raise bus.Unprocessable("referral id is not a subject token")
         episode = await self._open_episode(review.referral_id)
         if episode is None or episode.get("episode_id") != review.episode_id:

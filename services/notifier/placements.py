@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from haven.kit import bus, topology
 from haven.kit.logs import log_event
 from haven.kit.resources import ResourceStore
+from haven.kit.schedules import is_subject_token
 from haven.kit.timestamps import from_timestamp
 from haven.task.v1 import task_pb2
 from services.notifier.changes import CLOSED_TASK_STATES, decode, referrer_of, stored_task_ref
@@ -42,7 +43,6 @@ from services.notifier.schedules import (
     Scheduler,
     due_entries,
     entry_for,
-    is_token,
     parse_instant,
 )
 
@@ -72,7 +72,7 @@ class ScheduledPlacementReview(JsonBody):
 
 
 def _checked(changed: task_pb2.TaskStatusChanged) -> None:
-    if not is_token(changed.referral_id) or not is_token(changed.task_id):
+    if not is_subject_token(changed.referral_id) or not is_subject_token(changed.task_id):
         raise bus.Unprocessable("task change whose referral or task id is not a subject token")
 
 
@@ -139,7 +139,7 @@ class Placements:
     async def handle_review(self, msg: Msg) -> None:
         """Raise `review-due` for a fired placement review whose Task is still open."""
         review = ScheduledPlacementReview.from_bytes(msg.data)
-        if not is_token(review.referral_id) or not is_token(review.task_id):
+        if not is_subject_token(review.referral_id) or not is_subject_token(review.task_id):
             raise bus.Unprocessable("placement review whose referral or task id is not a subject token")
         stored = await self._store.read("Task", review.task_id)
         if stored is None or stored.resource.get("status") in CLOSED_TASK_STATES:

@@ -32,6 +32,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from haven.kit import bus, topology
 from haven.kit.clock import Clock, system_clock
 from haven.kit.ids import derived_id
+from haven.kit.schedules import at_header, is_subject_token, purge_under
 from services.notifier.domain import ScheduledEvent, load_policies, scheduled_events
 from services.notifier.domain.policy import Anchor
 
@@ -48,7 +49,7 @@ class ScheduleKind:
 
     def subject(self, *tokens: str) -> str:
         """Return the definition subject for these key tokens (each must be a subject token)."""
-        if not all(is_token(t) for t in tokens):
+        if not all(is_subject_token(t) for t in tokens):
             raise bus.Unprocessable("a schedule key is not a subject token")
         return ".".join((self.prefix, *tokens))
 
@@ -72,20 +73,6 @@ ACKNOWLEDGEMENTS = ScheduleKind(
     "notifier-acknowledge-due",
 )
 KINDS = (MISSING_REVIEWS, PLACEMENT_REVIEWS, ACKNOWLEDGEMENTS)
-
-
-def is_token(value: str) -> bool:
-    """Return whether ``value`` can be one NATS subject token (and a KV key part)."""
-    allowed = (c.isascii() and (c.isalnum() or c in "-_") for c in value)
-    return bool(value) and len(value) <= 128 and all(allowed)
-
-
-def at_header(instant: datetime) -> str:
-    """Return the ``Nats-Schedule`` value of a one-off schedule, whole seconds, never early."""
-    utc = instant.astimezone(UTC)
-    if utc.microsecond:
-        utc = utc.replace(microsecond=0) + timedelta(seconds=1)
-    return f"@at {utc.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 async def ensure_schedule_stream(js: JetStreamContext) -> None:
@@ -202,9 +189,4 @@ class Scheduler:
 
     async def cancel(self, kind: ScheduleKind, key: tuple[str, ...]) -> int:
         """Remove every schedule of ``kind`` under the key prefix; return how many subjects were purged."""
-        prefix = kind.subject(*key)
-        info = await self._js.stream_info(SCHEDULE_STREAM, subjects_filter=f"{prefix}.>")
-        subjects = info.state.subjects or {}
-        for subject in subjects:
-            await self._js.purge_stream(SCHEDULE_STREAM, subject=subject)
-        return len(subjects)
+        return await purge_under(self._js, SCHEDULE_STREAM, kind.subject(*key))

@@ -10,22 +10,18 @@ or closing the task purges it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
 
 from haven.kit import telemetry, topology
+from haven.kit.schedules import at_header
 
 STREAM = "HAVEN_ROUTER_SCHEDULES"
 
 
 def _schedule_subject(task_id: str) -> str:
     return f"{topology.RESERVATION_EXPIRY_PREFIX}.{task_id}"
-
-
-def at_expression(deadline: datetime) -> str:
-    """Return the ``Nats-Schedule`` value for a one-shot schedule at ``deadline`` (RFC 3339, UTC)."""
-    return "@at " + deadline.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ReservationExpiry:
@@ -39,7 +35,7 @@ class ReservationExpiry:
         """Make the reservation of ``task_id`` expire ``timeout`` after ``reserved_at``."""
         headers = telemetry.inject_headers(
             {
-                "Nats-Schedule": at_expression(reserved_at + self._timeout),
+                "Nats-Schedule": at_header(reserved_at + self._timeout),
                 "Nats-Schedule-Target": topology.RESERVATION_EXPIRED,
                 "Nats-Msg-Id": f"reservation-expiry-{task_id}",
             }

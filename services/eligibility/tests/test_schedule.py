@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from haven.kit.schedules import at_header
 from services.eligibility.domain import (
     ChildFacts,
     DateOfBirthBasis,
@@ -16,7 +17,6 @@ from services.eligibility.domain import (
 from services.eligibility.domain.schedule import NEXT_CHANGE, PlannedReassessment, planned_reassessments
 from services.eligibility.scheduler import (
     ReassessmentScheduler,
-    at_header,
     reassessment_due,
     schedule_subject,
 )
