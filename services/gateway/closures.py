@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from haven.kit import topology
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
-from haven.kit.resources import StoredResource, VersionConflictError
+from haven.kit.resources import StoredResource
 from haven.kit.timestamps import to_timestamp
 from haven.referral.v1 import referral_pb2
 from services.gateway.audit_log import patient_of, record_audit
@@ -34,7 +34,7 @@ from services.gateway.fhir.referral_status import ReferralStatusChange, decide_s
 from services.gateway.fhir.task_workflow import TransitionError
 from services.gateway.reads import read_visible
 from services.gateway.security.access import can_close_referral
-from services.gateway.tasks import expected_version, publish_stored
+from services.gateway.versioned_update import expected_version, publish_stored, save_if_match, stale_version
 
 router = APIRouter()
 _log = logging.getLogger(__name__)
@@ -58,16 +58,13 @@ async def update_service_request(
     version = expected_version(request)
     body = await read_json_body(request, state.settings.max_body_bytes)
     if version != stored.version:
-        raise _stale(resource_id, stored.version)
+        raise stale_version(stored.reference, stored.version)
     try:
         change = decide_status_update(stored.resource, body, resource_id=resource_id)
     except TransitionError as refused:
         raise ApiError(409, [refused.issue]) from None
     now = state.clock()
-    try:
-        updated = await state.store.update(change.resource, stored.scope, now, expected_version=version)
-    except VersionConflictError:
-        raise _stale(resource_id, None) from None
+    updated = await save_if_match(state, stored, change.resource, version, now)
     await _publish(state, principal.organisation_id, updated, change)
     await record_audit(
         state,
@@ -86,16 +83,6 @@ async def update_service_request(
         organisation=principal.organisation_id,
     )
     return fhir_response(updated.resource, headers={"ETag": f'W/"{updated.version}"'})
-
-
-def _stale(resource_id: str, current: int | None) -> ApiError:
-    now = f" (it is now at version {current})" if current is not None else ""
-    return api_error(
-        412,
-        IssueType.CONFLICT,
-        f"ServiceRequest/{resource_id} changed since the version in If-Match{now}; read it again and retry",
-        expression="If-Match",
-    )
 
 
 async def _publish(state: State, by: str, after: StoredResource, change: ReferralStatusChange) -> None:

@@ -1,25 +1,22 @@
 """Task workflow for providers and LA platforms: ``PUT /fhir/Task/<id>`` with ``If-Match``.
 
-The handler translates; `fhir.task_workflow` decides. The write is a compare-and-set on the version
-the caller read (412 when it moved on, 428 when the caller did not say), and only after JetStream
-has stored it is ``TaskStatusChanged`` published, with an id derived from the task and its new
-version so a retried publish is dropped as a duplicate.
+The handler translates; `fhir.task_workflow` decides. The write (``versioned_update``) is a
+compare-and-set on the version the caller read (412 when it moved on, 428 when the caller did not
+say), and only after JetStream has stored it is ``TaskStatusChanged`` published, with an id derived
+from the task and its new version so a retried publish is dropped as a duplicate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from google.protobuf.message import Message
 
-from haven.kit import bus, topology
+from haven.kit import topology
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
-from haven.kit.resources import StoredResource, VersionConflictError
+from haven.kit.resources import StoredResource
 from haven.kit.timestamps import to_timestamp
 from haven.task.v1 import task_pb2
 from services.gateway.audit_log import patient_of, record_audit
@@ -30,27 +27,10 @@ from services.gateway.fhir import IssueType
 from services.gateway.fhir.task_workflow import TaskChange, TransitionError, decide_update
 from services.gateway.reads import read_visible
 from services.gateway.security.access import can_update_task
+from services.gateway.versioned_update import expected_version, publish_stored, save_if_match, stale_version
 
 router = APIRouter()
 _log = logging.getLogger(__name__)
-_IF_MATCH = re.compile(r'^(W/)?"(?P<version>\d+)"$')
-_PUBLISH_ATTEMPTS = 3
-
-
-def expected_version(request: Request) -> int:
-    """Return the version named by ``If-Match: W/"<n>"``; 428 when missing, 400 when malformed."""
-    header = request.headers.get("if-match", "").strip()
-    if not header:
-        raise api_error(
-            428,
-            IssueType.REQUIRED,
-            'an update needs If-Match: W/"<versionId>" with the version you read (the ETag of the read)',
-            expression="If-Match",
-        )
-    match = _IF_MATCH.match(header)
-    if match is None:
-        raise api_error(400, IssueType.VALUE, 'If-Match must look like W/"3"', expression="If-Match")
-    return int(match["version"])
 
 
 @router.put("/fhir/Task/{resource_id}", summary="Update a Task's status (owner only, If-Match required)")
@@ -64,17 +44,14 @@ async def update_task(
     version = expected_version(request)
     body = await read_json_body(request, state.settings.max_body_bytes)
     if version != stored.version:
-        raise _stale(resource_id, stored.version)
+        raise stale_version(stored.reference, stored.version)
     try:
         change = decide_update(stored.resource, body, resource_id=resource_id)
     except TransitionError as refused:
         raise ApiError(409, [refused.issue]) from None
     now = state.clock()
     change.resource["lastModified"] = now.isoformat(timespec="seconds").replace("+00:00", "Z")
-    try:
-        updated = await state.store.update(change.resource, stored.scope, now, expected_version=version)
-    except VersionConflictError:
-        raise _stale(resource_id, None) from None
+    updated = await save_if_match(state, stored, change.resource, version, now)
     await _publish(state, principal.organisation_id, stored, updated, change)
     await record_audit(
         state,
@@ -89,16 +66,6 @@ async def update_task(
         _log, "task updated", task_id=resource_id, status=change.status, previous=change.previous_status
     )
     return fhir_response(updated.resource, headers={"ETag": f'W/"{updated.version}"'})
-
-
-def _stale(resource_id: str, current: int | None) -> ApiError:
-    now = f" (it is now at version {current})" if current is not None else ""
-    return api_error(
-        412,
-        IssueType.CONFLICT,
-        f"Task/{resource_id} changed since the version in If-Match{now}; read it again and retry",
-        expression="If-Match",
-    )
 
 
 async def _publish(
@@ -122,22 +89,6 @@ async def _publish(
     )
     # The Task is already stored: retry a failed publish rather than leave the router unaware.
     await publish_stored(state, topology.TASK_STATUS_CHANGED, event, event.event_id)
-
-
-async def publish_stored(state: State, subject: str, event: Message, event_id: str) -> None:
-    """Publish the event of a change already stored, retrying a failed publish a few times.
-
-    ``event_id`` is its Nats-Msg-Id, so a publish that did land but whose ack was lost is harmless to
-    repeat. Raises the last error when every attempt failed.
-    """
-    for attempt in range(_PUBLISH_ATTEMPTS):
-        try:
-            await bus.publish_event(state.js, subject, event, msg_id=event_id)
-            return
-        except Exception:
-            if attempt == _PUBLISH_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.2 * (attempt + 1))
 
 
 def _id_of(reference: str) -> str:
