@@ -26,8 +26,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 
 from haven.kit import bus, topology
 from haven.kit.clock import Clock, system_clock
@@ -60,41 +58,15 @@ class ScheduleKind:
 
 
 MISSING_REVIEWS = ScheduleKind(
-    "haven.notification.v1.schedule", "haven.notification.v1.review-due", "notifier-reviews"
+    topology.MISSING_REVIEW_SCHEDULE_PREFIX, topology.MISSING_REVIEW_DUE, "notifier-reviews"
 )
 PLACEMENT_REVIEWS = ScheduleKind(
-    "haven.notification.v1.placement-schedule",
-    "haven.notification.v1.placement-review-due",
-    "notifier-placement-reviews",
+    topology.PLACEMENT_REVIEW_SCHEDULE_PREFIX, topology.PLACEMENT_REVIEW_DUE, "notifier-placement-reviews"
 )
 ACKNOWLEDGEMENTS = ScheduleKind(
-    "haven.notification.v1.acknowledge-schedule",
-    "haven.notification.v1.acknowledge-due",
-    "notifier-acknowledge-due",
+    topology.ACKNOWLEDGE_SCHEDULE_PREFIX, topology.ACKNOWLEDGE_DUE, "notifier-acknowledge-due"
 )
 KINDS = (MISSING_REVIEWS, PLACEMENT_REVIEWS, ACKNOWLEDGEMENTS)
-
-
-async def ensure_schedule_stream(js: JetStreamContext) -> None:
-    """Create the schedule stream, or widen an older one to every kind's subjects (data is kept)."""
-    config = StreamConfig(
-        name=SCHEDULE_STREAM,
-        subjects=[f"{k.prefix}.>" for k in KINDS] + [k.target for k in KINDS],
-        storage=StorageType.FILE,
-        duplicate_window=topology.DUPLICATE_WINDOW_SECONDS,
-        allow_msg_schedules=True,
-    )
-    try:
-        info = await js.stream_info(SCHEDULE_STREAM)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.stream_info(SCHEDULE_STREAM)  # another notifier made it first
-        return
-    if set(info.config.subjects or ()) != set(config.subjects or ()):
-        # A stream made by an older notifier lacks the newer kinds' subjects.
-        await js.update_stream(config)
 
 
 class JsonBody:
@@ -163,8 +135,7 @@ class Scheduler:
     async def open(
         cls, js: JetStreamContext, clock: Clock = system_clock, wall_clock: Clock = system_clock
     ) -> Scheduler:
-        """Make sure the schedule stream exists, then return a scheduler on it."""
-        await ensure_schedule_stream(js)
+        """Return a scheduler on the schedule stream (``ensure_topology`` made it, as every stream)."""
         return cls(js, clock, wall_clock)
 
     def now(self) -> datetime:

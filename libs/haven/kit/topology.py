@@ -38,6 +38,13 @@ RESERVATION_EXPIRED = "haven.routing.v1.reservation-expired"  # task id (UTF-8),
 # Re-assessment schedules: one JetStream message schedule per referral and reason
 # ("<prefix>.<referral id>.<reason>[.<programme>]", body: ReassessmentDue) fired onto REASSESSMENT_DUE.
 REASSESSMENT_SCHEDULE_PREFIX = "haven.eligibility.v1.schedule"  # schedule definitions
+# The notifier's schedules: definitions under each prefix, fired onto the matching "due" subject.
+MISSING_REVIEW_SCHEDULE_PREFIX = "haven.notification.v1.schedule"
+MISSING_REVIEW_DUE = "haven.notification.v1.review-due"
+PLACEMENT_REVIEW_SCHEDULE_PREFIX = "haven.notification.v1.placement-schedule"
+PLACEMENT_REVIEW_DUE = "haven.notification.v1.placement-review-due"
+ACKNOWLEDGE_SCHEDULE_PREFIX = "haven.notification.v1.acknowledge-schedule"
+ACKNOWLEDGE_DUE = "haven.notification.v1.acknowledge-due"
 
 # Window in which JetStream drops a repeated Nats-Msg-Id: long enough to cover a service restart.
 DUPLICATE_WINDOW_SECONDS = 15 * 60.0
@@ -94,6 +101,18 @@ STREAMS = (
     StreamSpec(
         "HAVEN_ELIGIBILITY_SCHEDULES",
         (f"{REASSESSMENT_SCHEDULE_PREFIX}.>", REASSESSMENT_DUE),
+        allow_msg_schedules=True,
+    ),
+    StreamSpec(
+        "HAVEN_NOTIFIER_SCHEDULES",
+        (
+            f"{MISSING_REVIEW_SCHEDULE_PREFIX}.>",
+            f"{PLACEMENT_REVIEW_SCHEDULE_PREFIX}.>",
+            f"{ACKNOWLEDGE_SCHEDULE_PREFIX}.>",
+            MISSING_REVIEW_DUE,
+            PLACEMENT_REVIEW_DUE,
+            ACKNOWLEDGE_DUE,
+        ),
         allow_msg_schedules=True,
     ),
 )

@@ -61,7 +61,6 @@ from services.notifier.schedules import (
     PLACEMENT_REVIEWS,
     SCHEDULE_STREAM,
     Scheduler,
-    ensure_schedule_stream,
 )
 from services.notifier.subscriptions import SubscriptionCache
 from tests.support.clock import MovableClock
@@ -584,7 +583,7 @@ async def test_a_missing_review_fires_from_the_shared_schedules_while_the_child_
 
 async def test_an_older_schedule_stream_is_widened_and_keeps_its_schedules(nats_client: NatsClient) -> None:
     js = nats_client.jetstream()
-    await ensure_schedule_stream(js)
+    await topology.ensure_topology(js)
     await js.delete_stream(SCHEDULE_STREAM)
     # The stream as the first notifier made it: missing-episode reviews only.
     await js.add_stream(
@@ -601,7 +600,7 @@ async def test_an_older_schedule_stream_is_widened_and_keeps_its_schedules(nats_
         b"{}",
         headers={"Nats-Schedule": "@at 2099-01-01T00:00:00Z", "Nats-Schedule-Target": MISSING_REVIEWS.target},
     )
-    await ensure_schedule_stream(js)
+    await topology.ensure_topology(js)
     info = await js.stream_info(SCHEDULE_STREAM)
     assert set(info.config.subjects or ()) == {f"{k.prefix}.>" for k in KINDS} | {k.target for k in KINDS}
     assert kept in await schedules(js, MISSING_REVIEWS.prefix)
