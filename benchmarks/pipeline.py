@@ -63,6 +63,10 @@ class _Arrivals:
         arrivals = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keeps connections alive, as an LA platform's web server does (HTTP/1.0 would make the
+            # notifier open a connection per delivery, a cost no real receiver imposes).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 if self.headers.get("x-haven-event-type") == "referral-routed":

@@ -34,12 +34,14 @@ import logging
 import random
 import ssl
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
-import anyio
+import aiohttp
 import httpx
 import nats.errors
 from nats.aio.msg import Msg
@@ -188,7 +190,7 @@ class Deliverer:
         self._mailer = mailer
         self._in_flight = endpoint_in_flight
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._sessions: dict[str, tuple[aiohttp.ClientSession, str | None]] = {}
         # One TLS context for every endpoint's client: making one reads the CA bundle, tens of
         # milliseconds of the event loop that every delivery would wait for at each new endpoint.
         self._tls: ssl.SSLContext | None = None
@@ -268,7 +270,14 @@ class Deliverer:
         if breaker.closed_in(time.monotonic()) > 0:
             await self._park(request, sequence, now, breaker)  # known to be down: no KV work, no attempt
         attempt = _int(record.get("attempts")) + 1
-        record = await self._with_event_number(request, record)
+        # Only a rest-hook Subscription numbers its events (for `$events` and the backport Bundle); a
+        # NATS or email item's record is written once, after its first attempt, with its index key.
+        first_write = not record.get("notification_id")
+        if partner_gss or email_to:
+            record = _started(request, record, self._clock().tzinfo)
+        else:
+            record = await self._with_event_number(request, record)
+            first_write = False
         async with self._slot(endpoint):
             # Asked again once the slot is ours: items that queued for the slot while the endpoint's
             # first attempts were timing out must not each spend a full timeout after it has opened.
@@ -296,7 +305,7 @@ class Deliverer:
                 self._on_sent(request.subscription_id)
             record.update(state=DELIVERED, delivered_at=self._clock().isoformat(), next_attempt_at=None)
             settle = [
-                self._ledger.put_record(key, record),
+                self._ledger.put_record(key, record, index=first_write),
                 self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_DELIVERED, status, ""),
             ]
             if hold is not None:
@@ -313,11 +322,11 @@ class Deliverer:
         # After a redrive the schedule starts again; attempt numbers keep counting (they name events).
         delay = self._schedule.delay_for(attempt - _int(record.get("redrive_from")), self._rng)
         if delay is None:
-            await self._dead_letter(request, key, record, sequence, attempt, status, detail)
+            await self._dead_letter(request, key, record, sequence, attempt, status, detail, first_write)
             return
         record.update(state=RETRYING, next_attempt_at=(now + timedelta(seconds=delay)).isoformat())
         await asyncio.gather(
-            self._ledger.put_record(key, record),
+            self._ledger.put_record(key, record, index=first_write),
             self._hold(request, sequence, now, delay),
             self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_RETRYING, status, detail),
         )
@@ -404,6 +413,7 @@ class Deliverer:
         attempt: int,
         status: int,
         detail: str,
+        first_write: bool = False,
     ) -> None:
         redrives = _int(record.get("redrives"))
         await bus.publish_event(
@@ -413,7 +423,7 @@ class Deliverer:
             msg_id=derived_id("dead-letter", key, str(redrives)),
         )
         record.update(state=DEAD, dead_at=self._clock().isoformat(), next_attempt_at=None)
-        await self._ledger.put_record(key, record)
+        await self._ledger.put_record(key, record, index=first_write)
         # A dead letter no longer holds its lane: later notifications go on (the receiver sees the gap
         # in event numbers), and an operator can redrive this one.
         await self._ledger.release(request.subscription_id, request.referral_id, sequence, self._clock())
@@ -445,36 +455,42 @@ class Deliverer:
     async def warm_up(self) -> None:
         """Pay the HTTP stack's first-use costs now, before work arrives, not inside the first deliveries.
 
-        The TLS context (the CA bundle is read), httpcore and h11 (imported by the first client) and
-        anyio's asyncio backend (imported by the first request) cost about 60 ms of the event loop on
-        first use, which every delivery in flight then waits for: most of a short run's p99.
+        The TLS context (the CA bundle is read) and the first session's connector cost tens of
+        milliseconds of the event loop on first use, which every delivery in flight then waits for:
+        most of a short run's p99.
         """
         if self._tls is None:
             self._tls = httpx.create_ssl_context()
-        async with httpx.AsyncClient(verify=self._tls):
-            await anyio.sleep(0)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._tls)):
+            await asyncio.sleep(0)
 
     async def aclose(self) -> None:
         """Close the endpoints' connection pools (the shared client given at start is the caller's)."""
-        clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(session.close() for session, _ in sessions), return_exceptions=True)
 
-    def _client(self, endpoint: str) -> httpx.AsyncClient:
-        """Return the endpoint's own HTTP client: a pool of at most ``endpoint_in_flight`` connections.
+    def _session(self, endpoint: str) -> tuple[aiohttp.ClientSession, str | None]:
+        """Return the endpoint's own HTTP session and proxy: at most ``endpoint_in_flight`` connections.
 
         Not one pool for every receiver: there, connections held by hanging receivers count against
-        the shared limit (enough of them and healthy requests queue for a connection), and httpcore
-        scans every pooled connection twice per request (a tenth of the notifier's CPU with a few
-        dozen receivers). The timeouts are those of the client the deliverer was given.
+        the shared limit, and enough of them make healthy requests queue for a connection. aiohttp
+        rather than httpx here: less of the notifier's CPU per delivery (httpx and httpcore were a
+        quarter of it), measured alternately with ``benchmarks/notifier.py``. The timeouts are those
+        of the httpx client the deliverer was given (``webhook_timeout``). The proxy variables
+        (``HTTPS_PROXY``, ``NO_PROXY``...) are read once per endpoint, as httpx honoured them, not
+        through aiohttp's ``trust_env``, which reads ``~/.netrc`` in a thread on every request.
         """
-        client = self._clients.get(endpoint)
-        if client is None:
+        found = self._sessions.get(endpoint)
+        if found is None:
             if self._tls is None:
                 self._tls = httpx.create_ssl_context()
-            limits = httpx.Limits(max_connections=self._in_flight, max_keepalive_connections=self._in_flight)
-            client = httpx.AsyncClient(timeout=self._http.timeout, limits=limits, verify=self._tls)
-            self._clients[endpoint] = client
-        return client
+            timeout = self._http.timeout
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._in_flight, ssl=self._tls),
+                timeout=aiohttp.ClientTimeout(total=timeout.read, connect=timeout.connect),
+            )
+            found = self._sessions[endpoint] = (session, proxy_for(endpoint))
+        return found
 
     def _slot(self, endpoint: str) -> asyncio.Semaphore:
         """Return the endpoint's cap on attempts in flight (a hanging URL holds at most this many)."""
@@ -495,26 +511,17 @@ class Deliverer:
         """Give the notification its subscription's event number on first sight, and start its record."""
         if record.get("event_number"):
             return record
+        tz = self._clock().tzinfo
         event = SubscriptionEvent(
             event_number=0,
             notification_id=request.notification_id,
             event_type=request.event_type,
             referral_id=request.referral_id,
-            occurred_at=request.occurred_at.ToDatetime().replace(tzinfo=self._clock().tzinfo),
+            occurred_at=request.occurred_at.ToDatetime().replace(tzinfo=tz),
             payload_json=request.payload_json,
         )
         number = await self._ledger.next_event_number(request.subscription_id)
-        started = {
-            **record,
-            "notification_id": request.notification_id,
-            "subscription_id": request.subscription_id,
-            "referral_id": request.referral_id,
-            "recipient_organisation_id": request.recipient_organisation_id,
-            "event_type": request.event_type,
-            "event_number": number,
-            "requested_at": event.occurred_at.isoformat(),
-            "due_by": request.due_by.ToDatetime().isoformat() + "Z",
-        }
+        started = {**_started(request, record, tz), "event_number": number}
         key = record_key(request.notification_id, request.subscription_id)
         # The event before the record that names its number: a crash between the two leaves an unused
         # number (the next try takes another), never a record pointing at an event that was not kept.
@@ -558,14 +565,23 @@ class Deliverer:
             span.set_attribute("haven.notification_id", request.notification_id)
             span.set_attribute("haven.recipient", request.recipient_organisation_id)
             try:
-                answer = await self._client(endpoint).post(
-                    endpoint, content=body, headers=telemetry.inject_headers(headers)
-                )
-            except httpx.HTTPError as error:
+                # No redirects: a receiver cannot send a child's signed projection on to another URL.
+                session, proxy = self._session(endpoint)
+                async with session.post(
+                    endpoint,
+                    data=body,
+                    headers=telemetry.inject_headers(headers),
+                    allow_redirects=False,
+                    proxy=proxy,
+                ) as answer:
+                    await answer.read()
+                    status = answer.status
+            except (aiohttp.ClientError, TimeoutError) as error:
+                # aiohttp's own timeouts are TimeoutErrors too (and some of them ClientErrors).
                 span.set_attribute("haven.delivery_error", type(error).__name__)
-                return 0, type(error).__name__, isinstance(error, httpx.TimeoutException)
-            span.set_attribute("http.response.status_code", answer.status_code)
-            return answer.status_code, f"HTTP {answer.status_code}", False
+                return 0, type(error).__name__, isinstance(error, TimeoutError)
+            span.set_attribute("http.response.status_code", status)
+            return status, f"HTTP {status}", False
 
     async def _record(
         self,
@@ -589,6 +605,33 @@ class Deliverer:
             referral_id=request.referral_id,
         )
         await bus.publish_event(self._js, topology.NOTIFICATION_DELIVERED, event, msg_id=event.event_id)
+
+
+def proxy_for(endpoint: str) -> str | None:
+    """Return the proxy the environment names for the endpoint's scheme, unless ``NO_PROXY`` exempts it."""
+    url = urlsplit(endpoint)
+    proxy = urllib.request.getproxies_environment().get(url.scheme)
+    if proxy and url.hostname and not urllib.request.proxy_bypass(url.hostname):
+        return proxy
+    return None
+
+
+def _started(
+    request: notification_pb2.NotificationRequested, record: dict[str, Any], tz: tzinfo | None
+) -> dict[str, Any]:
+    """Return the record with what names the work item (ids, recipient, type, times) filled in."""
+    if record.get("notification_id"):
+        return record
+    return {
+        **record,
+        "notification_id": request.notification_id,
+        "subscription_id": request.subscription_id,
+        "referral_id": request.referral_id,
+        "recipient_organisation_id": request.recipient_organisation_id,
+        "event_type": request.event_type,
+        "requested_at": request.occurred_at.ToDatetime().replace(tzinfo=tz).isoformat(),
+        "due_by": request.due_by.ToDatetime().isoformat() + "Z",
+    }
 
 
 def _int(value: object) -> int:

@@ -27,6 +27,7 @@ event publishes nothing new (JetStream drops the repeated ``Nats-Msg-Id``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC
@@ -94,9 +95,9 @@ class NotificationPlanner:
         A required role without an organisation is recorded as a gap; the others are told all the same.
         """
         plan = plan_notifications(event_type, event, directory=self._directory)
-        published: list[notification_pb2.NotificationRequested] = []
-        for notification in plan.notifications:
-            published += await self._request_delivery(notification)
+        # Every recipient's items at once: they are independent, and each repeat is dropped by its id.
+        batches = await asyncio.gather(*(self._request_delivery(n) for n in plan.notifications))
+        published = [request for batch in batches for request in batch]
         for gap in plan.gaps:
             await self._record_gap(gap)
         return published
@@ -220,10 +221,14 @@ class NotificationPlanner:
             request = notification.to_proto(subscription_id=key)
             request.channel = channel
             request.event_id = derived_id("notification-requested", notification.notification_id, key)
-            await bus.publish_event(
-                self._js, topology.NOTIFICATION_REQUESTED, request, msg_id=request.event_id
-            )
             published.append(request)
+        # At once: each channel's item has its own lane, and a repeat is dropped by its message id.
+        await asyncio.gather(
+            *(
+                bus.publish_event(self._js, topology.NOTIFICATION_REQUESTED, r, msg_id=r.event_id)
+                for r in published
+            )
+        )
         return published
 
 

@@ -118,6 +118,7 @@ async def notifier(
         finally:
             stop.set()
             await task
+            await deliverer.aclose()
             await subscriptions.stop()
 
 
@@ -237,6 +238,26 @@ async def test_dead_letter_after_the_schedule_then_redrive_delivers_once(nats_cl
         ]
     finally:
         partner.receiver.stop()
+
+
+async def test_a_redirect_is_a_failed_attempt_and_is_never_followed(nats_client: NatsClient) -> None:
+    # A child's signed projection goes to the registered URL only, whatever the receiver answers.
+    js = nats_client.jetstream()
+    elsewhere = HttpReceiver().start()
+    redirecting = HttpReceiver(answer=lambda _: 307, location=f"{elsewhere.url}/other").start()
+    try:
+        subscription_id = await subscribe(js, f"{redirecting.url}/hook")
+        async with notifier(js, schedule="100ms"):
+            notification_id = await request(js, subscription_id, str(uuid.uuid4()))
+            key = record_key(notification_id, subscription_id)
+            ledger = await DeliveryLedger.open(js)
+            await until_async(lambda: ledger.record(key), lambda r: r.get("state") == "dead")
+        record = await ledger.record(key)
+        assert record["last_status"] == 307 and record["attempts"] == 2
+        assert len(redirecting.requests("/hook")) == 2 and elsewhere.requests() == []
+    finally:
+        redirecting.stop()
+        elsewhere.stop()
 
 
 async def test_order_per_referral_holds_while_the_first_is_retried(nats_client: NatsClient) -> None:

@@ -28,6 +28,8 @@ class HttpReceiver:
 
     answer: Callable[[ReceivedRequest], int] = lambda _: 200
     received: list[ReceivedRequest] = field(default_factory=list)
+    # Sent as the Location header of a 3xx answer (a receiver that redirects its deliveries elsewhere).
+    location: str | None = None
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,6 +50,8 @@ class HttpReceiver:
                 with receiver._lock:
                     receiver.received.append(request)
                 self.send_response(status)
+                if receiver.location and 300 <= status < 400:
+                    self.send_header("location", receiver.location)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
