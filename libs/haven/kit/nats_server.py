@@ -153,7 +153,9 @@ def start_embedded_nats(
         "haven-embedded",
     ]
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
-    process = subprocess.Popen(args, stdout=output, stderr=output)
+    # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground group) must not stop
+    # the server under the services, which `haven up` stops first; the owner stops it last.
+    process = subprocess.Popen(args, stdout=output, stderr=output, start_new_session=True)
     server = EmbeddedNats(
         process=process, port=port, store_dir=store_dir, host=host, login=users[0] if users else None
     )
