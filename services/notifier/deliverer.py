@@ -23,8 +23,9 @@ type>`` in the stream HAVEN_PARTNER, where only that LA may read them, live or f
 consumer ``partner-<organisation>`` after being offline. JetStream's ack is the receipt.
 
 Recipient gaps (key ``unresolved-<role>``: a required role had no organisation when the event was
-planned) reach the deliverer only when an operator redrives one: ``resolve_gap`` (the planner) looks
-for the organisation again and plans its notification; if there is still none, it is dead again.
+planned; key ``no-channel-<organisation>``: the recipient had no Subscription, NATS or email) reach the
+deliverer only when an operator redrives one: ``resolve_gap`` (the planner) looks for the organisation
+or its channels again and plans the notification; if there is still none, it is dead again.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ DEFAULT_MAX_ACK_PENDING = 100_000
 # organisation: a lane and record key of their own, like ``email-<recipient>``.
 NATS_KEY_PREFIX = "nats-"
 UNRESOLVED_KEY_PREFIX = "unresolved-"
+# The record key of a recipient that had no channel at all (no Subscription, NATS or email): kept as a
+# dead letter, not lost; a redrive once the recipient has a channel plans it for that channel.
+NO_CHANNEL_KEY_PREFIX = "no-channel-"
+# Work items that reach the deliverer only by a redrive, to be planned again rather than sent.
+REPLANNED_KEY_PREFIXES = (UNRESOLVED_KEY_PREFIX, NO_CHANNEL_KEY_PREFIX)
 # The "endpoint" of every NATS delivery (for its breaker and in-flight cap): JetStream itself.
 NATS_ENDPOINT = f"nats://{topology.PARTNER_STREAM}"
 # Seconds JetStream has to acknowledge a partner notification.
@@ -110,6 +116,11 @@ def nats_key(organisation_id: str) -> str:
 def unresolved_key(role: str) -> str:
     """Return the lane and record key of a required role that has no organisation."""
     return f"{UNRESOLVED_KEY_PREFIX}{role}"
+
+
+def no_channel_key(organisation_id: str) -> str:
+    """Return the lane and record key of a recipient that had no channel to be told on."""
+    return f"{NO_CHANNEL_KEY_PREFIX}{organisation_id}"
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,7 @@ class Deliverer:
 
     def parked_for(self, request: notification_pb2.NotificationRequested) -> float:
         """Return how long the item's endpoint is known to be down (0: try it), from memory only."""
-        if request.subscription_id.startswith(UNRESOLVED_KEY_PREFIX):
+        if request.subscription_id.startswith(REPLANNED_KEY_PREFIXES):
             endpoint = ""
         elif request.subscription_id.startswith(NATS_KEY_PREFIX):
             endpoint = NATS_ENDPOINT
@@ -226,7 +237,7 @@ class Deliverer:
                     request.subscription_id, request.referral_id, sequence, self._clock()
                 )
             return
-        if request.subscription_id.startswith(UNRESOLVED_KEY_PREFIX):
+        if request.subscription_id.startswith(REPLANNED_KEY_PREFIXES):
             await self._gap(request, key, record, sequence)
             return
         email_to = ""
@@ -335,13 +346,19 @@ class Deliverer:
     async def _gap(
         self, request: notification_pb2.NotificationRequested, key: str, record: dict[str, Any], sequence: int
     ) -> None:
-        """Handle a redriven recipient gap: plan it for the role's organisation now, or dead-letter again."""
+        """Handle a redriven gap: plan it for the role's organisation (or the recipient's channels) now.
+
+        Found none: dead-lettered again.
+        """
         attempt = _int(record.get("attempts")) + 1
         found = await self._resolve_gap(request, record) if self._resolve_gap is not None else []
         now = self._clock()
         record.update(attempts=attempt, last_status=0, last_attempt_at=now.isoformat())
         if not found:
-            reason = f"no organisation for required role {record.get('unresolved_role', '')}"
+            if request.subscription_id.startswith(NO_CHANNEL_KEY_PREFIX):
+                reason = f"recipient {request.recipient_organisation_id} has no channel"
+            else:
+                reason = f"no organisation for required role {record.get('unresolved_role', '')}"
             record.update(last_detail=reason)
             await self._dead_letter(request, key, record, sequence, attempt, 0, reason)
             return

@@ -16,7 +16,9 @@ A required role with no organisation (``RecipientGap``) does not stop the others
 recipient is planned, and the gap is recorded as a dead letter keyed ``unresolved-<role>`` (record
 state ``dead``, detail "no organisation for required role <role>") that operators see in
 ``$dead-letters`` and ``$deliveries``, with a WARNING log (ids and codes only). Redriving it after the
-organisation is configured plans the role's notification for it (``resolve_gap``).
+organisation is configured plans the role's notification for it (``resolve_gap``). A recipient that
+is known but has no channel at all is kept the same way, keyed ``no-channel-<organisation>``; a
+redrive once it has a Subscription (or NATS, or an email address) plans it for that channel.
 
 Routing events arrive here (durable ``notifier-planner``): `referral-routed`, plus `no-capacity` and
 `emergency-without-bed` when ``event_types_for_routed`` says so. Missing episodes and scheduled reviews
@@ -43,7 +45,13 @@ from haven.kit.logs import log_event
 from haven.kit.timestamps import to_timestamp
 from haven.notification.v1 import notification_pb2
 from haven.routing.v1 import routing_pb2
-from services.notifier.deliverer import PartnerNats, nats_key, unresolved_key
+from services.notifier.deliverer import (
+    NO_CHANNEL_KEY_PREFIX,
+    PartnerNats,
+    nats_key,
+    no_channel_key,
+    unresolved_key,
+)
 from services.notifier.domain import (
     PlannedNotification,
     RecipientDirectory,
@@ -111,6 +119,8 @@ class NotificationPlanner:
         or configuration (LA, EDT, police, ICTG site, competent authority, on-call manager) can be
         resolved later; a task owner or referrer cannot (they are named by the event only).
         """
+        if request.subscription_id.startswith(NO_CHANNEL_KEY_PREFIX):
+            return await self._resolve_no_channel(request, record)
         try:
             gap = _gap_from(request, record)
         except (KeyError, ValueError):
@@ -132,13 +142,36 @@ class NotificationPlanner:
             await self._request_delivery(gap.planned_for(organisation_id))
         return organisations
 
+    async def _resolve_no_channel(
+        self, request: notification_pb2.NotificationRequested, record: dict[str, Any]
+    ) -> list[str]:
+        """Plan a redriven no-channel dead letter for the recipient's channels now; return it, or none."""
+        occurred = request.occurred_at.ToDatetime(tzinfo=UTC)
+        try:
+            notification = PlannedNotification(
+                notification_id=request.notification_id,
+                event_type=request.event_type,
+                source_event_id=str(record.get("source_event_id", "")),
+                referral_id=request.referral_id,
+                recipient_organisation_id=request.recipient_organisation_id,
+                roles=(),
+                channel=Channel(record.get("channel", Channel.REST_HOOK)),
+                urgency=Urgency(record.get("urgency", Urgency.ROUTINE)),
+                deadline=request.due_by.ToDatetime(tzinfo=UTC) - occurred,
+                occurred_at=occurred,
+                payload=dict(json.loads(request.payload_json or b"{}")),
+            )
+        except ValueError:
+            log_event(
+                _log, "unreadable no-channel record", logging.WARNING, notification_id=request.notification_id
+            )
+            return []
+        published = await self._request_delivery(notification)
+        return [request.recipient_organisation_id] if published else []
+
     async def _record_gap(self, gap: RecipientGap) -> None:
         """Record a required role without an organisation as a dead letter operators see and can redrive."""
         key = unresolved_key(str(gap.role))
-        request = gap.to_proto(key)
-        record_id = record_key(gap.notification_id, key)
-        if self._ledger is None:
-            self._ledger = await DeliveryLedger.open(self._js)
         log_event(
             _log,
             "required recipient has no organisation",
@@ -150,18 +183,12 @@ class NotificationPlanner:
             local_authority_gss=gap.local_authority_gss,
             notification_id=gap.notification_id,
         )
-        if await self._ledger.record(record_id):
-            return  # a replayed event: already recorded (and maybe redriven or resolved since)
-        now = self._clock()
         record = {
             "notification_id": gap.notification_id,
             "subscription_id": key,
             "referral_id": gap.referral_id,
             "recipient_organisation_id": "",
             "event_type": gap.event_type,
-            "state": DEAD,
-            "attempts": 1,
-            "last_status": 0,
             "last_detail": gap.reason,
             "unresolved_role": str(gap.role),
             "local_authority_gss": gap.local_authority_gss,
@@ -170,9 +197,59 @@ class NotificationPlanner:
             "urgency": str(gap.urgency),
             "requested_at": gap.occurred_at.isoformat(),
             "due_by": gap.due_by.astimezone(UTC).isoformat(),
-            "dead_at": now.isoformat(),
-            "last_attempt_at": now.isoformat(),
         }
+        await self._dead_on_arrival(gap.to_proto(key), record)
+
+    async def _record_no_channel(self, notification: PlannedNotification) -> None:
+        """Record a notification whose recipient has no channel as a dead letter, not a log line only.
+
+        The organisation is known but has no active Subscription, no NATS channel and (for an email
+        rule) no address: nothing could be sent. Redriven once the recipient has a channel, it is
+        planned for that channel (``resolve_gap``) under the same notification id.
+        """
+        recipient = notification.recipient_organisation_id
+        key = no_channel_key(recipient)
+        log_event(
+            _log,
+            "recipient has no channel",
+            logging.WARNING,
+            referral_id=notification.referral_id,
+            recipient=recipient,
+            event_type=notification.event_type,
+            channel=str(notification.channel),
+            notification_id=notification.notification_id,
+        )
+        record = {
+            "notification_id": notification.notification_id,
+            "subscription_id": key,
+            "referral_id": notification.referral_id,
+            "recipient_organisation_id": recipient,
+            "event_type": notification.event_type,
+            "last_detail": f"recipient {recipient} has no channel (no active Subscription, NATS or email)",
+            "source_event_id": notification.source_event_id,
+            "channel": str(notification.channel),
+            "urgency": str(notification.urgency),
+            "requested_at": notification.occurred_at.isoformat(),
+            "due_by": notification.due_by.astimezone(UTC).isoformat(),
+        }
+        await self._dead_on_arrival(notification.to_proto(subscription_id=key), record)
+
+    async def _dead_on_arrival(
+        self, request: notification_pb2.NotificationRequested, record: dict[str, Any]
+    ) -> None:
+        """Keep a notification that could not be planned as a dead letter: record, dead letter, outcome.
+
+        A replayed event finds the record and adds nothing (it may have been redriven or resolved since).
+        """
+        record_id = record_key(request.notification_id, request.subscription_id)
+        if self._ledger is None:
+            self._ledger = await DeliveryLedger.open(self._js)
+        if await self._ledger.record(record_id):
+            return
+        now = self._clock()
+        record.update(
+            state=DEAD, attempts=1, last_status=0, dead_at=now.isoformat(), last_attempt_at=now.isoformat()
+        )
         # The record first: a dead letter is listed only while its record says dead.
         await self._ledger.put_record(record_id, record, index=True)
         await bus.publish_event(
@@ -182,13 +259,16 @@ class NotificationPlanner:
             msg_id=derived_id("dead-letter", record_id, "0"),
         )
         delivered = notification_pb2.NotificationDelivered(
-            event_id=derived_id("notification-delivered", gap.notification_id, key, "1"),
+            event_id=derived_id(
+                "notification-delivered", request.notification_id, request.subscription_id, "1"
+            ),
             occurred_at=to_timestamp(now),
-            notification_id=gap.notification_id,
+            notification_id=request.notification_id,
+            recipient_organisation_id=request.recipient_organisation_id,
             attempt=1,
             outcome=notification_pb2.DELIVERY_OUTCOME_DEAD_LETTERED,
-            detail=gap.reason,
-            referral_id=gap.referral_id,
+            detail=str(record["last_detail"]),
+            referral_id=request.referral_id,
         )
         await bus.publish_event(
             self._js, topology.NOTIFICATION_DELIVERED, delivered, msg_id=delivered.event_id
@@ -207,15 +287,8 @@ class NotificationPlanner:
             if self._partners is not None and self._partners.gss_for(recipient):
                 keys.append((nats_key(recipient), notification_pb2.CHANNEL_NATS))
         if not keys:
-            log_event(
-                _log,
-                "recipient has no channel",
-                logging.WARNING,
-                referral_id=notification.referral_id,
-                recipient=recipient,
-                event_type=notification.event_type,
-                channel=str(notification.channel),
-            )
+            await self._record_no_channel(notification)
+            return []
         published = []
         for key, channel in keys:
             request = notification.to_proto(subscription_id=key)

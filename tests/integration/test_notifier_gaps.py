@@ -28,7 +28,7 @@ from services.notifier.domain import RecipientDirectory, SourceEvent, notificati
 from services.notifier.domain.delivery import EndpointBreakers, RetrySchedule
 from services.notifier.lanes import LaneRunner
 from services.notifier.ledger import DeliveryLedger
-from services.notifier.operations import dead_letters, redrive
+from services.notifier.operations import DeadLetter, dead_letters, redrive
 from services.notifier.planner import NotificationPlanner
 from services.notifier.subscriptions import SubscriptionCache
 from tests.support.receivers import HttpReceiver
@@ -82,7 +82,13 @@ async def notifier(js: JetStreamContext, directory: RecipientDirectory) -> Async
         finally:
             stop.set()
             await task
+            await deliverer.aclose()
             await subscriptions.stop()
+
+
+async def role_gaps(js: JetStreamContext) -> list[DeadLetter]:
+    """Return the dead letters of required roles without an organisation (not of channel-less recipients)."""
+    return [d for d in await dead_letters(js) if d.request.subscription_id.startswith("unresolved-")]
 
 
 def missing_episode(referral_id: str) -> SourceEvent:
@@ -120,7 +126,7 @@ async def test_an_unconfigured_police_force_does_not_stop_the_la_and_the_gap_is_
             la_body = json.loads(la_receiver.requests()[0].body)
             assert la_body["referral_id"] == referral_id and la_body["episode_status"] == "missing"
 
-            gaps = [d for d in await dead_letters(js) if d.request.referral_id == referral_id]
+            gaps = [d for d in await role_gaps(js) if d.request.referral_id == referral_id]
             assert len(gaps) == 1
             listed = gaps[0].summary()
             assert listed["unresolved_role"] == "police"
@@ -135,7 +141,7 @@ async def test_an_unconfigured_police_force_does_not_stop_the_la_and_the_gap_is_
             # A replayed event records the gap once and tells the LA nothing new.
             await planner.plan(EVENT, event)
             await asyncio.sleep(0.5)
-            assert len([d for d in await dead_letters(js) if d.request.referral_id == referral_id]) == 1
+            assert len([d for d in await role_gaps(js) if d.request.referral_id == referral_id]) == 1
             assert len(la_receiver.requests()) == 1
 
         # The operator configures the force, the notifier restarts, and the gap is redriven.
@@ -165,7 +171,7 @@ async def test_a_gap_redriven_while_still_unconfigured_is_dead_again(nats_client
     ledger = await DeliveryLedger.open(js)
     async with notifier(js, RecipientDirectory()) as planner:
         await planner.plan(EVENT, missing_episode(referral_id))
-        (gap,) = [d for d in await dead_letters(js) if d.request.referral_id == referral_id]
+        (gap,) = [d for d in await role_gaps(js) if d.request.referral_id == referral_id]
         await redrive(js, gap.key)
         deadline = time.monotonic() + 10
         while (record := await ledger.record(gap.key)).get("state") != "dead" or record.get("redrives") != 1:
@@ -174,3 +180,47 @@ async def test_a_gap_redriven_while_still_unconfigured_is_dead_again(nats_client
         assert record["attempts"] == 2
         relisted = [d for d in await dead_letters(js) if d.key == gap.key]
         assert len(relisted) == 1 and relisted[0].summary()["redrives"] == 1
+
+
+async def test_a_recipient_without_a_channel_is_a_dead_letter_until_it_subscribes_and_is_redriven(
+    nats_client: NatsClient,
+) -> None:
+    # The area's EDT is configured but has no Subscription, NATS channel or email: nothing is lost.
+    js = nats_client.jetstream()
+    await js.purge_stream("HAVEN_NOTIFICATIONS")
+    edt = "demo-edt-manchester"
+    edt_receiver = HttpReceiver().start()
+    referral_id = str(uuid.uuid4())
+    event = missing_episode(referral_id)
+    ledger = await DeliveryLedger.open(js)
+    try:
+        async with notifier(js, RecipientDirectory(police_by_gss={GSS: POLICE})) as planner:
+            await planner.plan(EVENT, event)
+            letters = [
+                d
+                for d in await dead_letters(js)
+                if d.request.referral_id == referral_id and d.request.recipient_organisation_id == edt
+            ]
+            assert [d.request.subscription_id for d in letters] == [f"no-channel-{edt}"]
+            listed = letters[0].summary()
+            assert listed["recipient_organisation_id"] == edt and listed["attempts"] == 1
+            assert "has no channel" in str(listed["last_detail"])
+            assert "c-1" not in json.dumps(listed)
+            await planner.plan(EVENT, event)  # a replay records it once
+            assert len([d for d in await dead_letters(js) if d.key == letters[0].key]) == 1
+
+        # The EDT registers its webhook; an operator redrives (a restarted notifier, as after a deploy).
+        await subscribe(js, edt, f"{edt_receiver.url}/edt")
+        async with notifier(js, RecipientDirectory(police_by_gss={GSS: POLICE})):
+            await redrive(js, letters[0].key)
+            await until(lambda: len(edt_receiver.requests()) == 1)
+            sent = edt_receiver.requests()[0]
+            assert sent.headers["x-haven-notification-id"] == notification_id(event.event_id, edt, EVENT)
+            assert json.loads(sent.body) == json.loads(letters[0].request.payload_json)
+            deadline = time.monotonic() + 10
+            while (await ledger.record(letters[0].key)).get("state") != "resolved":
+                assert time.monotonic() < deadline, "no-channel letter not resolved"
+                await asyncio.sleep(0.05)
+            assert not [d for d in await dead_letters(js) if d.key == letters[0].key]
+    finally:
+        edt_receiver.stop()
