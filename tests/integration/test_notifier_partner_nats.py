@@ -108,6 +108,7 @@ async def notifier(js: JetStreamContext, partners: PartnerNats) -> AsyncIterator
         finally:
             stop.set()
             await task
+            await deliverer.aclose()
             await subscriptions.stop()
 
 
