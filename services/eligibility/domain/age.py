@@ -68,6 +68,24 @@ class AgeBasis:
 _SINGLE_STATEMENT_LIMIT = 65536
 _SINGLE_STATEMENTS: dict[tuple[date, DateOfBirthBasis], AgeBasis] = {}
 
+# The frozen dataclass's slots, set directly: its own __init__ goes through object.__setattr__ once
+# per field, which costs more than the rest of settling a new date of birth.
+_SET_DATE, _SET_BASIS, _SET_DISPUTED, _SET_STATEMENTS = (
+    vars(AgeBasis)[name].__set__ for name in ("date_of_birth", "basis", "disputed", "statements")
+)
+
+
+def _new_basis(
+    date_of_birth: date, basis: DateOfBirthBasis, disputed: bool, statements: tuple[DateOfBirthStatement, ...]
+) -> AgeBasis:
+    """Return `AgeBasis(date_of_birth, basis, disputed, statements)`, made without its __init__."""
+    settled: AgeBasis = object.__new__(AgeBasis)
+    _SET_DATE(settled, date_of_birth)
+    _SET_BASIS(settled, basis)
+    _SET_DISPUTED(settled, disputed)
+    _SET_STATEMENTS(settled, statements)
+    return settled
+
 
 def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis:
     """Choose the date of birth the rules use: the best-known basis wins, every statement is kept.
@@ -83,7 +101,7 @@ def settle_date_of_birth(statements: Iterable[DateOfBirthStatement]) -> AgeBasis
         if settled is None:
             if len(_SINGLE_STATEMENTS) >= _SINGLE_STATEMENT_LIMIT:
                 _SINGLE_STATEMENTS.clear()
-            settled = _SINGLE_STATEMENTS[key] = AgeBasis(only.date, only.basis, False, (only,))
+            settled = _SINGLE_STATEMENTS[key] = _new_basis(only.date, only.basis, False, (only,))
         return settled
     if isinstance(statements, frozenset) and len(statements) == 2:  # a claim and an assessment, say
         return _settle_two(*statements)
@@ -105,4 +123,4 @@ def _settle_two(first: DateOfBirthStatement, second: DateOfBirthStatement) -> Ag
         first, second, first_rank, second_rank = second, first, second_rank, first_rank
     # Same basis: the later date wins, and `second` is the later one.
     chosen = second.date if second_rank == first_rank else first.date
-    return AgeBasis(chosen, first.basis, first.date != second.date, (first, second))
+    return _new_basis(chosen, first.basis, first.date != second.date, (first, second))

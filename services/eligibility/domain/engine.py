@@ -8,15 +8,17 @@ next date on which the decision would change by itself.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from enum import StrEnum
 from functools import partial
+from itertools import count
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
-from services.eligibility.domain.age import AgeBasis, settle_date_of_birth
+from services.eligibility.domain.age import AgeBasis, add_months, describe_age, settle_date_of_birth
 from services.eligibility.domain.facts import ChildFacts
 from services.eligibility.domain.predicates import (
     PLAIN_MISSING,
@@ -36,6 +38,7 @@ PASS, FAIL, UNKNOWN = RuleResult.PASS, RuleResult.FAIL, RuleResult.UNKNOWN
 # Each step of the search for the next change re-reads only the rules whose own answer changes; the
 # cap only guards against malformed data, real rule sets settle within three or four steps.
 _MAX_CHANGE_STEPS = 16
+_ONE_DAY = timedelta(days=1)
 
 
 class Outcome(StrEnum):
@@ -280,8 +283,10 @@ def _decide_generic(rule_set: RuleSet, ctx: Context, enrolled: bool) -> Programm
 # --- Compiled plans -------------------------------------------------------------------------------
 # A plan splits a uniform rule set's rules into three groups, each answered once and shared:
 # - static rules (coded facts: nationality, NRM status, area), with the route and review flags: the
-#   same for every child sharing those fact values on a date ("parts");
-# - age rules: the same for every child born on the same day, assessed on the same date;
+#   same for every child sharing those fact values on a date ("parts"), and put together from each
+#   rule's own answer when a combination is new;
+# - age rules: the same for every child born on the same day, assessed on the same date, and worked
+#   out by band of dates of birth (`_AgeBands`): only the inputs and change days are a child's own;
 # - time windows (months since a date fact): the same for every child whose window starts the same day.
 # A decision puts the shared evaluations together in rule order; no rule is evaluated per child. The
 # next change is projected from pass/fail counts alone: age and window answers flip at most once, on
@@ -489,8 +494,11 @@ _Part = tuple[
 ]
 # The age rules' answers for one date of birth, flat likewise: (this programme's own evaluations,
 # their outcome index, a failure no date undoes, a rule unknown, the next change of a child not
-# enrolled, the summary shared by every programme whose age rules have the same signature).
-_AgeGroup = tuple[tuple[RuleEvaluation, ...], int, bool, bool, date | None, _Summary]
+# enrolled, the summary of the counts (shared by every date of birth in the band, see `_AgeBands`),
+# the pending changes with their dates (read by `_decide_in_full` only; empty for other layouts)).
+# A part without its evaluations: the same for every combination whose rules answer alike.
+_PartRest = tuple[int, bool, bool, tuple[str, ...], tuple[_Tail, _Tail, _Tail], _Conditions, _Summary]
+_AgeGroup = tuple[tuple[RuleEvaluation, ...], int, bool, bool, date | None, _Summary, tuple[_Event, ...]]
 _Order = Callable[[tuple[RuleEvaluation, ...]], tuple[RuleEvaluation, ...]]
 
 
@@ -525,25 +533,38 @@ class _Layout:
         "facts_of",
         "order",
         "plain",
+        "readers",
         "rule_set",
-        "rules_of",
         "static",
+        "values_of",
+        "window_readers",
         "windows",
     )
 
-    def __init__(self, rule_set: RuleSet, enrolled: bool, facts_of: Callable[[ChildFacts], object]) -> None:
+    def __init__(self, rule_set: RuleSet, enrolled: bool) -> None:
         rules = rule_set.rules if enrolled else tuple(r for r in rule_set.rules if r.kind == "entry")
         self.rule_set = rule_set
         self.enrolled = enrolled
-        self.facts_of = facts_of
         self.static = tuple(r for r in rules if r.cache_key is not None)
-        # The static rules and the conditions (routes, flags) are also answered apart, by the facts
-        # each reads, and put together when a combination of all the facts is first seen: RISE reads
-        # five facts, but its rules four and its flag one, so far fewer combinations are worked out.
-        self.rules_of = _facts_getter([r.predicate for r in self.static])
-        self.conditions_of = _facts_getter(
-            [r.predicate for r in rule_set.routes] + [f.predicate for f in rule_set.reviews]
-        )
+        # Only the conditions this layout reads: a flag for enrolled children only (a negative NRM
+        # decision, say) never applies to a child not enrolled, so its fact does not key that
+        # layout's parts (RISE's parts for children not enrolled: half as many combinations).
+        conditions = [r.predicate for r in rule_set.routes] + [
+            f.predicate for f in rule_set.reviews if enrolled or not f.enrolled_only
+        ]
+        # Every fact the layout's static answers read: the key of its parts.
+        self.facts_of = _facts_getter([r.predicate for r in self.static] + conditions)
+        # Each static rule and the conditions (routes, flags) are also answered apart, by the facts
+        # each reads, and put together when a combination of all the facts is first seen: RISE's
+        # four rules read four facts, each with a handful of values, so few answers are worked out.
+        self.readers = tuple(_facts_getter([r.predicate]) for r in self.static)
+        # When each static rule reads one fact (every kind does today): all their values in one call.
+        names = [cast(StaticPredicate, r.predicate).facts_read for r in self.static]
+        self.values_of: Callable[[ChildFacts], tuple[object, ...]] | None = None
+        if names and all(len(read) == 1 for read in names):
+            pick = attrgetter(*[read[0] for read in names])
+            self.values_of = pick if len(names) > 1 else lambda facts: (pick(facts),)
+        self.conditions_of = _facts_getter(conditions)
         self.ages = tuple(r for r in rules if isinstance(r.predicate, AgePredicate))
         self.age_verdicts = tuple((r, cast(AgePredicate, r.predicate)) for r in self.ages)
         # Everything the age rules' summary depends on besides the date of birth and the date, as a
@@ -561,6 +582,14 @@ class _Layout:
         )
         # A child not enrolled, with no window to read: the short road in `_decide_on`.
         self.plain = not enrolled and not self.windows
+        # For a child not enrolled: each window's table keyed by the facts it reads, as they are (an
+        # attrgetter, no Python call per child); None for a window on the enrolment.
+        self.window_readers = tuple(
+            None
+            if predicate.fact == "enrolment_started_on"
+            else attrgetter(*filter(None, (predicate.requires_yes, predicate.fact)))
+            for _, _, predicate, _ in self.windows
+        )
         # Evaluations are gathered static, age, window; `order` puts them back in rule order.
         gathered = [*self.static, *self.ages, *window_rules]
         positions = [next(i for i, g in enumerate(gathered) if g is r) for r in rules]
@@ -578,19 +607,25 @@ class _LayoutDay:
 
     __slots__ = (
         "ages",
+        "answers",
+        "bands",
+        "classes",
         "conditions",
         "decide",
         "facts_of",
         "layout",
+        "missing",
+        "on",
         "order",
         "parts",
         "programme_id",
-        "rule_parts",
+        "read_windows",
+        "rests",
         "version",
         "windows",
     )
 
-    def __init__(self, layout: _Layout) -> None:
+    def __init__(self, layout: _Layout, on: date) -> None:
         self.layout = layout
         # Copied from the layout and rule set: read for every child.
         self.facts_of = layout.facts_of
@@ -598,32 +633,81 @@ class _LayoutDay:
         self.programme_id = layout.rule_set.programme_id
         self.version = layout.rule_set.version
         self.decide: Callable[[_LayoutDay, Context, _AgeGroup], ProgrammeDecision] = (
-            _decide_plain if layout.plain else _decide_in_full
+            _decide_plain
+            if layout.plain
+            else _decide_windowed
+            if not layout.enrolled and None not in layout.window_readers
+            else _decide_in_full
         )
         self.parts: dict[object, _Part] = {}
-        self.rule_parts: dict[object, tuple[tuple[RuleEvaluation, ...], _Summary]] = {}
+        # Per static rule: its evaluation by the values of the facts it reads, with the number of its
+        # class (result, next change, missing facts: all a summary reads besides the rule itself).
+        self.answers: tuple[dict[object, tuple[RuleEvaluation, int]], ...] = tuple({} for _ in layout.static)
+        self.classes: tuple[dict[object, int], ...] = tuple({} for _ in layout.static)
+        # What a part holds besides its evaluations, by the static rules' classes and the conditions'
+        # key: the same for every combination of fact values that answers alike.
+        self.rests: dict[tuple[tuple[int, ...], object], _PartRest] = {}
         self.conditions: dict[object, _Conditions] = {}
         self.ages: dict[date | None, _AgeGroup] = {}
+        # This layout's age rules answered by band of dates of birth (made when first needed).
+        self.bands: _AgeBands | None = None
+        self.on = on
         # One table per window rule, keyed by what decides it besides the date (`key_of`).
         self.windows: tuple[dict[object, RuleEvaluation], ...] = tuple({} for _ in layout.windows)
+        # The same evaluations keyed by the facts as read (`_Layout.window_readers`).
+        self.read_windows: tuple[dict[object, RuleEvaluation], ...] = tuple({} for _ in layout.windows)
+        # The missing facts of a child whose window is unknown, by the static rules' summary and the
+        # windows unknown (`_decide_windowed`).
+        self.missing: dict[tuple[object, ...], tuple[str, ...]] = {}
 
-    def add_part(self, ctx: Context) -> _Part:
-        """Work out and keep the part for the fact values of `ctx`."""
+    def add_part(self, ctx: Context, key: object) -> _Part:
+        """Work out and keep the part for the fact values of `ctx` (`key`: those the layout reads).
+
+        Put together from each static rule's answer and what the combination of their classes adds
+        up to: a new combination of known values costs a few lookups, not an evaluation.
+        """
         layout = self.layout
-        key = layout.facts_of(ctx.facts)
-        rules_key = layout.rules_of(ctx.facts)
-        rules = self.rule_parts.get(rules_key)
-        if rules is None:
-            evaluations = tuple([evaluate_rule(r, ctx) for r in layout.static])
-            rules = _remember(self.rule_parts, rules_key, (evaluations, _Summary(evaluations)))
+        facts = ctx.facts
+        values_of = layout.values_of
+        values = tuple([read(facts) for read in layout.readers]) if values_of is None else values_of(facts)
+        found: list[Any] = list(map(dict.get, self.answers, values))  # (evaluation, class) by rule, or None
+        if not all(found):  # an answer not worked out yet (an answer is a non-empty tuple)
+            for position, value in enumerate(values):
+                if found[position] is None:
+                    found[position] = self._add_answer(position, value, ctx)
+        static: tuple[RuleEvaluation, ...] = tuple(map(_first, found))
+        rest_key = (tuple(map(_second, found)), layout.conditions_of(facts))
+        rest = self.rests.get(rest_key)
+        if rest is None:
+            rest = _remember(self.rests, rest_key, self._rest(static, ctx))
+        parts = self.parts
+        if len(parts) >= _PART_LIMIT:
+            parts.clear()
+        part = parts[key] = (static, *rest)
+        return part
+
+    def _add_answer(self, position: int, value: object, ctx: Context) -> tuple[RuleEvaluation, int]:
+        """Work out and keep static rule `position`'s answer for `value` (the values `ctx` holds)."""
+        evaluation = evaluate_rule(self.layout.static[position], ctx)
+        classes = self.classes[position]
+        signature = (evaluation.result, evaluation.next_change, evaluation.missing_facts)
+        number = classes.get(signature)
+        if number is None:
+            # A fresh number each time (`next` on a count is atomic): two threads meeting two new
+            # classes at once can never give both the same number; setdefault keeps the first.
+            number = classes.setdefault(signature, next(_CLASS_NUMBERS))
+        return _remember(self.answers[position], value, (evaluation, number))
+
+    def _rest(self, static: tuple[RuleEvaluation, ...], ctx: Context) -> _PartRest:
+        """Return what a part holds besides `static`: the static rules' summary, with the conditions."""
+        layout = self.layout
         conditions_key = layout.conditions_of(ctx.facts)
         conditions = self.conditions.get(conditions_key)
         if conditions is None:
             conditions = _remember(self.conditions, conditions_key, _Conditions(layout, ctx))
-        evaluations, summary = rules
+        summary = _Summary(static)
         tails = conditions.tails_by_index(summary.unknown_reviews)
-        part = (
-            evaluations,
+        return (
             summary.index,
             summary.settled,
             summary.has_events,
@@ -632,31 +716,249 @@ class _LayoutDay:
             conditions,
             summary,
         )
-        return _remember(self.parts, key, part)
 
-    def add_age_group(self, ctx: Context, shared: dict[object, Any] | None = None) -> _AgeGroup:
-        """Work out and keep the age group for the date of birth of `ctx`.
+    def add_age_group(self, ctx: Context) -> _AgeGroup:
+        """Work out and keep the age group for the date of birth of `ctx`."""
+        dob = ctx.date_of_birth
+        bands = self.bands
+        if bands is None:
+            bands = self.bands = _AgeBands((self.layout,), ctx.on)
+        if dob is None or not bands.usable:
+            group = _age_group_by_rule(self.layout, ctx)
+        else:
+            group = bands.group(dob, ctx)
+        return _remember(self.ages, dob, group)
 
-        `shared` is `ctx.age_verdicts()` (verdicts and summaries for this date of birth on this date),
-        when the caller has it.
-        """
-        layout = self.layout
-        if shared is None:
-            shared = ctx.age_verdicts()
-        evaluations = tuple([_judged(r, shared.get(p.key) or p(ctx)) for r, p in layout.age_verdicts])
-        # Another programme with the same age rules may have summed them up already.
-        summary: _Summary | None = shared.get(layout.age_key)
-        if summary is None:
-            summary = shared[layout.age_key] = _Summary(evaluations)
-        group = (evaluations, summary.index, summary.settled, summary.any_unknown, summary.free_next, summary)
-        return _remember(self.ages, ctx.date_of_birth, group)
+    def add_read_window(self, index: int, read: object, ctx: Context) -> RuleEvaluation:
+        """Find window rule `index`'s evaluation for the facts of `ctx` (`read` off them) and keep it."""
+        window_key = self.layout.windows[index][2].key_of(ctx.facts, ctx.started_on)
+        evaluation = self.windows[index].get(window_key)
+        if evaluation is None:
+            evaluation = self.add_window(index, window_key, ctx)
+        return _remember(self.read_windows[index], read, evaluation)
 
     def add_window(self, index: int, key: object, ctx: Context) -> RuleEvaluation:
         """Work out and keep window rule `index`'s evaluation for `key` (that of `ctx`)."""
         return _remember(self.windows[index], key, _evaluate(self.layout.windows[index][1], ctx))
 
 
+def _age_group_by_rule(layout: _Layout, ctx: Context) -> _AgeGroup:
+    """Work out an age group rule by rule: with no date of birth, or on a date bands cannot serve."""
+    shared = ctx.age_verdicts()
+    evaluations = tuple([_judged(r, shared.get(p.key) or p(ctx)) for r, p in layout.age_verdicts])
+    # Another programme with the same age rules may have summed them up already.
+    summary: _Summary | None = shared.get(layout.age_key)
+    if summary is None:
+        summary = shared[layout.age_key] = _Summary(evaluations)
+    events = summary.events if layout.enrolled or layout.windows else ()
+    return (
+        evaluations,
+        summary.index,
+        summary.settled,
+        summary.any_unknown,
+        summary.free_next,
+        summary,
+        events,
+    )
+
+
+def _reached(dob: date, day: tuple[int, int] | None) -> date | None:
+    """Return the day a limit of (months, a day later) brings a change for a child born on `dob`."""
+    if day is None:
+        return None
+    months, later = day
+    reached = add_months(dob, months)
+    return reached + _ONE_DAY if later else reached
+
+
+def _cutoff(predicate: AgePredicate, on: date) -> date:
+    """Return the latest date of birth whose age limit is reached on or before the verdict's turning day.
+
+    The turning day is `on` (below, at least: the limit reached on `on` counts) or the day before
+    (at most). Reaching the limit (`add_months`) never moves earlier for a later date of birth, so the
+    answer on `on` is one for every date of birth up to the cut-off and the other after it: searched
+    by halving.
+    """
+    last = on - _ONE_DAY if predicate.comparison == "at_most" else on
+    months = predicate.months
+    if months < 0:
+        raise ValueError("a negative age limit")
+    low, high = last.toordinal() - 31 * months - 62, last.toordinal()
+    if add_months(date.fromordinal(high), months) <= last:  # a limit of 0 months
+        return last
+    while high - low > 1:  # add_months(low) <= last < add_months(high)
+        middle = (low + high) // 2
+        if add_months(date.fromordinal(middle), months) <= last:
+            low = middle
+        else:
+            high = middle
+    return date.fromordinal(low)
+
+
+# One layout's age rules in one band (`_AgeBands`): (where its evaluations start and end among the
+# band's, outcome index, a failure no date undoes, the summary of the counts, the index of the next
+# change of a child not enrolled (-1: none), the pending changes as (date index, entry change, exit
+# change), or None when the layout never reads them).
+_BandLayout = tuple[int, int, int, bool, _Summary, int, tuple[tuple[int, int, int], ...] | None]
+# A band: (the change days to work out as (index, months, a day later), every layout's age rules in
+# order with their result, the index of their inputs and of their next change (-1: none), the layouts).
+_BandTemplate = tuple[
+    tuple[tuple[int, int, int], ...], tuple[tuple[Rule, RuleResult, int, int], ...], tuple[_BandLayout, ...]
+]
+
+
+class _AgeBands:
+    """The age rules of some layouts on one date, answered by band of dates of birth.
+
+    On a given date every age limit is a cut-off on the date of birth: each rule's answer is the same
+    for every date of birth between two consecutive cut-offs (a band), and so are the counts, the
+    outcome and which limit brings the next change (limits are reached in the order of their months
+    for any date of birth). A band's answers are worked out once; a new date of birth then costs only
+    what is its own: its age in words, the inputs and the days it reaches the limits that bring a
+    change. A few dozen bands replace thousands of dates of birth, and no rule is evaluated per child.
+    """
+
+    __slots__ = ("cutoffs", "days", "layouts", "limits", "on", "position", "templates", "usable")
+
+    def __init__(self, layouts: tuple[_Layout, ...], on: date) -> None:
+        self.layouts = layouts
+        self.on = on
+        predicates = {p.signature: p for layout in layouts for _, p in layout.age_verdicts}
+        # The inputs every age rule shows besides the date of birth and age: its limit in words.
+        self.limits = tuple(dict.fromkeys(("limit", p.limit) for p in predicates.values()))
+        # The day a limit brings a change: (months, 1 when the day after reaching them).
+        self.days = tuple(
+            dict.fromkeys((p.months, 1 if p.comparison == "at_most" else 0) for p in predicates.values())
+        )
+        self.templates: dict[int, _BandTemplate] = {}
+        try:
+            cutoffs = {signature: _cutoff(p, on) for signature, p in predicates.items()}
+        except (ValueError, OverflowError):  # a date at the edge of the calendar: rule by rule
+            cutoffs = {}
+            self.usable = False
+        else:
+            self.usable = True
+        self.cutoffs = sorted(set(cutoffs.values()))
+        self.position = {signature: self.cutoffs.index(cutoff) for signature, cutoff in cutoffs.items()}
+
+    def row(self, dob: date, ctx: Context) -> tuple[_AgeGroup, ...]:
+        """Return the age group of every layout, in order, for a child born on `dob` (that of `ctx`).
+
+        The date of birth and age in words are made once per context: the age row and the group of
+        the programme the child is enrolled in share them. Every layout's evaluations are made in one
+        go and sliced apart.
+        """
+        band = bisect_left(self.cutoffs, dob)
+        template = self.templates.get(band)
+        if template is None:
+            template = self._template(band, dob)
+        needed, recipe, layouts = template
+        born, age = ctx.age_inputs(dob)
+        inputs = [(born, age, limit) for limit in self.limits]
+        days: list[Any] = [None] * (len(self.days) + 1)  # dates or None; the last stays None (index -1)
+        for index, months, later in needed:
+            day = add_months(dob, months)
+            days[index] = day + _ONE_DAY if later else day
+        evaluations = tuple(
+            [_new_evaluation((rule, result, inputs[i], (), days[d])) for rule, result, i, d in recipe]
+        )
+        return tuple(
+            [
+                (
+                    evaluations[start:end],
+                    index,
+                    settled,
+                    False,
+                    days[free_next],
+                    summary,
+                    ()
+                    if changes is None
+                    else tuple([(days[d], entry, leave) for d, entry, leave in changes]),
+                )
+                for start, end, index, settled, summary, free_next, changes in layouts
+            ]
+        )
+
+    def group(self, dob: date, ctx: Context) -> _AgeGroup:
+        """Return the one layout's age group for a child born on `dob`: `row` for a single layout."""
+        band = bisect_left(self.cutoffs, dob)
+        template = self.templates.get(band)
+        if template is None:
+            template = self._template(band, dob)
+        needed, recipe, ((_, _, index, settled, summary, free_next, changes),) = template
+        born, age = ctx.age_inputs(dob)
+        inputs = [(born, age, limit) for limit in self.limits]
+        days: list[Any] = [None] * (len(self.days) + 1)  # dates or None; the last stays None (index -1)
+        for position, months, later in needed:
+            day = add_months(dob, months)
+            days[position] = day + _ONE_DAY if later else day
+        evaluations = tuple(
+            [_new_evaluation((rule, result, inputs[i], (), days[d])) for rule, result, i, d in recipe]
+        )
+        events = () if changes is None else tuple([(days[d], e, x) for d, e, x in changes])
+        return (evaluations, index, settled, False, days[free_next], summary, events)
+
+    def _template(self, band: int, dob: date) -> _BandTemplate:
+        """Work out and keep band `band`'s answers (`dob` is in it: its evaluations sum them up)."""
+        inputs = [
+            (("date_of_birth", dob), ("age", describe_age(dob, self.on)), limit) for limit in self.limits
+        ]
+        needed: dict[int, None] = {}
+        recipes: list[tuple[Rule, RuleResult, int, int]] = []
+        layouts: list[_BandLayout] = []
+        for layout in self.layouts:
+            recipe = []
+            for rule, predicate in layout.age_verdicts:
+                reaches = self.position[predicate.signature] >= band  # the limit already reached
+                result = PASS if reaches is (predicate.comparison == "at_least") else FAIL
+                # Below and at most: a pass ends when the limit is reached; at least: a fail.
+                changes = result is (FAIL if predicate.comparison == "at_least" else PASS)
+                day = self.days.index((predicate.months, 1 if predicate.comparison == "at_most" else 0))
+                if changes:
+                    needed[day] = None
+                recipe.append(
+                    (rule, result, self.limits.index(("limit", predicate.limit)), day if changes else -1)
+                )
+            # The counts, from this date of birth's evaluations (the same for any in the band).
+            days = [None if d < 0 else self.days[d] for *_, d in recipe]
+            summary = _Summary(
+                tuple(
+                    [
+                        _new_evaluation((rule, result, inputs[i], (), _reached(dob, day)))
+                        for (rule, result, i, _), day in zip(recipe, days, strict=True)
+                    ]
+                )
+            )
+            # Pending changes by limit: reached in the order of (months, a day later) for any date of
+            # birth, so the next change of a child not enrolled is the same limit across the band.
+            symbolic = [
+                (day, 1 if result is PASS else -1, rule.kind == "entry")
+                for (rule, result, _, _), day in zip(recipe, days, strict=True)
+                if day is not None
+            ]
+            events = [(day, change, 0) if entry else (day, 0, change) for day, change, entry in symbolic]
+            free = _project(summary.entry_fails, 0, False, cast(list[_Event], events))[0]
+            free_next = -1 if free is None else self.days.index(free)  # a (months, a day later) here
+            changes_of = None
+            if layout.enrolled or None in layout.window_readers:  # read by `_decide_in_full` only
+                changes_of = tuple(
+                    (self.days.index(day), entry_change, exit_change)
+                    for day, entry_change, exit_change in events
+                )
+            start = len(recipes)
+            recipes.extend(recipe)
+            layouts.append(
+                (start, len(recipes), summary.index, summary.settled, summary, free_next, changes_of)
+            )
+        template = (tuple((d, *self.days[d]) for d in needed), tuple(recipes), tuple(layouts))
+        self.templates[band] = template
+        return template
+
+
 _V = TypeVar("_V")
+# Numbers for the classes of static answers (`_LayoutDay._add_answer`), never reused.
+_CLASS_NUMBERS = count()
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def _remember(table: dict[Any, _V], key: object, value: _V) -> _V:
@@ -672,11 +974,10 @@ class _Plan:
 
     __slots__ = ("days", "layouts", "rule_set")
 
-    def __init__(self, rule_set: RuleSet, facts_read: tuple[str, ...]) -> None:
+    def __init__(self, rule_set: RuleSet) -> None:
         self.rule_set = rule_set
-        facts_of: Callable[[ChildFacts], object] = attrgetter(*facts_read) if facts_read else lambda facts: ()
         # Index 0: a child not enrolled (entry rules only); index 1: enrolled (every rule).
-        self.layouts = (_Layout(rule_set, False, facts_of), _Layout(rule_set, True, facts_of))
+        self.layouts = (_Layout(rule_set, False), _Layout(rule_set, True))
         self.days: dict[date, tuple[_LayoutDay, _LayoutDay]] = {}
 
     def day(self, on: date) -> tuple[_LayoutDay, _LayoutDay]:
@@ -686,7 +987,7 @@ class _Plan:
             if len(self.days) >= _DAY_LIMIT:
                 # The oldest date; pop, not del: a thread deciding in parallel may have dropped it.
                 self.days.pop(next(iter(self.days), on), None)
-            found = self.days[on] = (_LayoutDay(self.layouts[0]), _LayoutDay(self.layouts[1]))
+            found = self.days[on] = (_LayoutDay(self.layouts[0], on), _LayoutDay(self.layouts[1], on))
         return found
 
 
@@ -714,13 +1015,10 @@ def _compile(rule_set: RuleSet) -> _Plan | None:
     dated = [r.predicate for r in rule_set.rules if r.cache_key is None]
     if not all(isinstance(p, AgePredicate | WindowPredicate) for p in dated):
         return None  # a predicate of another kind: its changes cannot be projected from counts
-    static = [r.predicate for r in rule_set.rules if r.cache_key is not None] + conditions
-    facts_read: dict[str, None] = {}
-    for predicate in static:
-        if not isinstance(predicate, StaticPredicate):  # a cache key without the facts it reads
-            return None
-        facts_read.update(dict.fromkeys(predicate.facts_read))
-    return _Plan(rule_set, tuple(facts_read))
+    static = [r.predicate for r in rule_set.rules if r.cache_key is not None]
+    if not all(isinstance(p, StaticPredicate) for p in static):  # a cache key without the facts it reads
+        return None
+    return _Plan(rule_set)
 
 
 class _Day:
@@ -730,7 +1028,7 @@ class _Day:
     none of them (most children): one lookup per child instead of one per programme.
     """
 
-    __slots__ = ("deciders", "entries", "not_enrolled", "rows")
+    __slots__ = ("bands", "deciders", "entries", "not_enrolled", "rows")
 
     def __init__(self, rulebook: Rulebook, on: date) -> None:
         entries = []
@@ -744,14 +1042,21 @@ class _Day:
         if all(days is not None for _, days in entries):
             self.not_enrolled = tuple(cast(tuple[_LayoutDay, _LayoutDay], days)[0] for _, days in entries)
         self.rows: dict[date | None, tuple[_AgeGroup, ...]] = {}
+        # The age rules of the layouts of a child enrolled nowhere, by band (made when first needed).
+        self.bands: _AgeBands | None = None
         # With each, the function deciding for a child not enrolled (`_LayoutDay.decide`).
         self.deciders = tuple((day.decide, day) for day in self.not_enrolled or ())
 
     def add_row(self, days: tuple[_LayoutDay, ...], ctx: Context) -> tuple[_AgeGroup, ...]:
         """Work out and keep the age row for the date of birth of `ctx` (groups of `days`, in order)."""
         dob = ctx.date_of_birth
-        shared = ctx.age_verdicts()
-        row = tuple([day.ages.get(dob) or day.add_age_group(ctx, shared) for day in days])
+        bands = self.bands
+        if bands is None:
+            bands = self.bands = _AgeBands(tuple(day.layout for day in days), ctx.on)
+        if dob is None or not bands.usable:
+            row = tuple([_age_group_by_rule(day.layout, ctx) for day in days])
+        else:
+            row = bands.row(dob, ctx)
         return _remember(self.rows, dob, row)
 
 
@@ -785,11 +1090,12 @@ def _decide_plain(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> ProgrammeDe
     The outcome is the worse of the two groups', the rest is read off the groups. The common case,
     so kept short.
     """
-    part = day.parts.get(day.facts_of(ctx.facts))
+    key = day.facts_of(ctx.facts)
+    part = day.parts.get(key)
     if part is None:
-        part = day.add_part(ctx)
+        part = day.add_part(ctx, key)
     static, index, settled, has_events, missing, tails, conditions, _ = part
-    dated, ages_index, ages_settled, ages_unknown, next_change, _ = ages
+    dated, ages_index, ages_settled, ages_unknown, next_change, _, _ = ages
     if ages_index > index:
         index = ages_index
     gathered = static + dated
@@ -845,30 +1151,147 @@ def _dated_review(evaluations: tuple[RuleEvaluation, ...], conditions: _Conditio
     )
 
 
+def _window_missing(
+    day: _LayoutDay, rules: _Summary, unknown: list[object], evaluations: tuple[RuleEvaluation, ...]
+) -> tuple[str, ...]:
+    """Return the missing facts of a decision whose windows in `unknown` are unknown (a date of birth known).
+
+    They are the static rules' and the windows', in rule order, so they are shared by the static
+    rules' summary (it stands for their results and missing facts, see `_LayoutDay._rest`) and the
+    windows unknown with their missing facts. The key holds the summary, so it cannot be freed and
+    its identity reused while the entry lives.
+    """
+    unknown.append(rules)
+    key = tuple(unknown)
+    found = day.missing.get(key)
+    if found is None:
+        found = _remember(day.missing, key, _plain_missing(evaluations))
+    return found
+
+
+def _decide_windowed(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> ProgrammeDecision:
+    """Decide for a child not enrolled in a programme with time windows on facts (AFRUCA's asylum).
+
+    `_decide_in_full` for this case, shorter: every rule is an entry rule, no window reads the
+    enrolment, and each window's evaluation is found by the facts it reads as they are.
+    """
+    facts = ctx.facts
+    key = day.facts_of(facts)
+    part = day.parts.get(key)
+    if part is None:
+        part = day.add_part(ctx, key)
+    static, index, settled, has_events, missing, tails, conditions, rules = part
+    dated, ages_index, ages_settled, ages_unknown, next_change, ages_summary, _ = ages
+    if ages_index > index:
+        index = ages_index
+    settled = settled or ages_settled
+    dated_review = ages_summary.unknown_review
+    window_fails = 0
+    first_flip: date | None = None  # the earliest day a window's answer changes
+    unknown: list[object] = []  # the windows that are unknown, with their missing facts
+    layout = day.layout
+    found: list[RuleEvaluation] = []
+    tables = day.read_windows
+    for position, read in enumerate(layout.window_readers):
+        value = read(facts)  # type: ignore[misc]  # no None here (see `_LayoutDay.decide`)
+        evaluation = tables[position].get(value)
+        if evaluation is None:
+            evaluation = day.add_read_window(position, value, ctx)
+        found.append(evaluation)
+        result = evaluation.result
+        if result is FAIL:
+            index = 2
+            window_fails += 1
+            settled = settled or evaluation.next_change is None
+        elif result is UNKNOWN:
+            unknown.append((position, evaluation.missing_facts))
+            if index == 0:
+                index = 1
+            dated_review = dated_review or bool(layout.windows[position][1].review_reason)
+        window_next = evaluation.next_change
+        if window_next is not None and (first_flip is None or window_next < first_flip):
+            first_flip = window_next
+    gathered = static + dated + tuple(found)
+    evaluations = gathered if layout.order is None else layout.order(gathered)
+    if dated_review and index == 1:  # a dated rule's unknown adds its own review, in rule order
+        outcome, route, needs_review, review_reason = (
+            Outcome.UNKNOWN,
+            conditions.route,
+            *_dated_review(evaluations, conditions),
+        )
+    else:
+        outcome, route, needs_review, review_reason = tails[index]
+    if settled:  # a failure no date can undo
+        next_change = None
+    elif has_events:
+        next_change = _project_changes(layout.rule_set, ctx, evaluations, False)[0]
+    elif first_flip is not None:  # a window changes too: the next change from the counts
+        entry_fails = rules.entry_fails + ages_summary.entry_fails + window_fails
+        if entry_fails:
+            # Every rule is an entry rule; the age group keeps no pending changes for this layout.
+            events = [_flip(e, True) for e in (*dated, *found) if e.next_change is not None]
+            next_change = _project(entry_fails, 0, False, events)[0]
+        elif next_change is None or first_flip < next_change:
+            # Nothing fails, so every pending change is a pass turning to fail: the first one
+            # changes the outcome (`next_change` is the age rules' first, by the same reasoning).
+            next_change = first_flip
+    if ages_unknown:  # no date of birth
+        missing = _plain_missing(evaluations)
+    elif unknown:
+        missing = _window_missing(day, rules, unknown, evaluations)
+    return tuple.__new__(
+        ProgrammeDecision,
+        (
+            day.programme_id,
+            day.version,
+            outcome,
+            evaluations,
+            missing,
+            _NOT_ENROLLED,
+            "",
+            next_change,
+            None,
+            route,
+            needs_review,
+            review_reason,
+        ),
+    )
+
+
 def _decide_in_full(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> ProgrammeDecision:
     """Decide for a child enrolled, or a layout with time windows: windows, exit and projection too."""
     layout = day.layout
-    part = day.parts.get(day.facts_of(ctx.facts))
+    key = day.facts_of(ctx.facts)
+    part = day.parts.get(key)
     if part is None:
-        part = day.add_part(ctx)
+        part = day.add_part(ctx, key)
     enrolled = layout.enrolled
     static, _, _, _, _, tails, conditions, rules = part
-    dated, _, _, _, _, ages_summary = ages
+    dated, _, _, _, free_next, ages_summary, ages_events = ages
     entry_fails = rules.entry_fails + ages_summary.entry_fails
     exit_fails = rules.exit_fails + ages_summary.exit_fails
     index = rules.index if rules.index >= ages_summary.index else ages_summary.index
     dated_unknown, dated_review = ages_summary.any_unknown, ages_summary.unknown_review
     settled = rules.settled or ages_summary.settled
-    events: tuple[_Event, ...] | list[_Event] = ages_summary.events
+    events: tuple[_Event, ...] | list[_Event] = ages_events
     if layout.windows:
         facts, started_on = ctx.facts, ctx.started_on
         found: list[RuleEvaluation] = []
+        unknown: list[object] = []  # the windows that are unknown, with their missing facts
         tables = day.windows
-        for position, rule, predicate, is_entry in layout.windows:
-            window_key = predicate.key_of(facts, started_on)
-            evaluation = tables[position].get(window_key)
-            if evaluation is None:
-                evaluation = day.add_window(position, window_key, ctx)
+        for (position, rule, predicate, is_entry), read in zip(
+            layout.windows, layout.window_readers, strict=True
+        ):
+            if read is not None:  # a window on facts: found by the facts as read (`_decide_windowed`)
+                value = read(facts)
+                found_window = day.read_windows[position].get(value)
+                evaluation = found_window or day.add_read_window(position, value, ctx)
+            else:  # a window on the enrolment: keyed by its start (or "no")
+                window_key = (
+                    started_on if predicate.requires_yes is None else predicate.key_of(facts, started_on)
+                )
+                found_window = tables[position].get(window_key)
+                evaluation = found_window or day.add_window(position, window_key, ctx)
             found.append(evaluation)
             result = evaluation.result
             if result is FAIL:
@@ -879,12 +1302,14 @@ def _decide_in_full(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> Programme
                     exit_fails += 1
                 settled = settled or evaluation.next_change is None
             elif result is UNKNOWN:
-                dated_unknown = True
+                unknown.append((position, evaluation.missing_facts))
                 if is_entry and index == 0:
                     index = 1
                 dated_review = dated_review or bool(rule.review_reason)
-            if evaluation.next_change is not None:
-                events = [*events, _flip(evaluation, is_entry)]
+            window_next = evaluation.next_change
+            if window_next is not None:  # it flips then: a pass turns to fail (`_flip`)
+                change = 1 if result is PASS else -1
+                events = [*events, (window_next, change, 0) if is_entry else (window_next, 0, change)]
         gathered = static + dated + tuple(found)
     else:
         gathered = static + dated
@@ -899,6 +1324,13 @@ def _decide_in_full(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> Programme
     else:
         outcome, route, needs_review, review_reason = tails[index]
 
+    if dated_unknown:  # no date of birth
+        missing = _plain_missing(evaluations)
+    elif layout.windows and unknown:
+        missing = _window_missing(day, rules, unknown, evaluations)
+    else:
+        missing = rules.missing
+
     exit_on: date | None
     if not enrolled:
         continuation, exit_reason, exit_on = _NOT_ENROLLED, "", None
@@ -906,8 +1338,8 @@ def _decide_in_full(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> Programme
             next_change = None
         elif rules.has_events:
             next_change, exit_on = _project_changes(layout.rule_set, ctx, evaluations, enrolled)
-        elif events is ages_summary.events:
-            next_change = ages_summary.free_next
+        elif events is ages_events:
+            next_change = free_next
         else:
             next_change = _project(entry_fails, 0, False, events)[0]
     else:
@@ -929,7 +1361,7 @@ def _decide_in_full(day: _LayoutDay, ctx: Context, ages: _AgeGroup) -> Programme
             day.version,
             outcome,
             evaluations,
-            _plain_missing(evaluations) if dated_unknown else rules.missing,
+            missing,
             continuation,
             exit_reason,
             next_change,
@@ -1027,13 +1459,17 @@ def _decide_each(day: _Day, ctx: Context, row: tuple[_AgeGroup, ...] | None) -> 
     """
     facts = ctx.facts
     starts = _enrolment_starts(facts) if facts.enrolments else None
+    dob = ctx.date_of_birth
     decisions = []
     for index, (rule_set, days) in enumerate(day.entries):
         started_on = ctx.started_on = starts.get(rule_set.programme_id) if starts else None
         if days is None:
             decisions.append(_decide_generic(rule_set, ctx, started_on is not None))
-        elif started_on is None:
-            decisions.append(_decide_on(days[0], ctx, row[index] if row is not None else None))
-        else:
-            decisions.append(_decide_on(days[1], ctx))
+            continue
+        # As `_decide_on`, inline: one call fewer per programme.
+        layout_day = days[started_on is not None]
+        ages = row[index] if row is not None and started_on is None else layout_day.ages.get(dob)
+        if ages is None:
+            ages = layout_day.add_age_group(ctx)
+        decisions.append(layout_day.decide(layout_day, ctx, ages))
     return decisions

@@ -434,17 +434,18 @@ def _months_since(params: Mapping[str, Any], inclusive: bool) -> Predicate:
     limit = _describe_limit(months)
 
     def check(ctx: Context) -> Verdict:
+        # Verdicts made without the named tuple's Python-level constructor: one per new window start.
         if requires_yes is not None and str(getattr(ctx.facts, requires_yes)) == "no":
-            return Verdict(FAIL, ((requires_yes, "no"),), (), None)
+            return _new_verdict((FAIL, ((requires_yes, "no"),), (), None))
         since = _date_fact(ctx, fact)
         if since is None:
-            return Verdict(UNKNOWN, (("limit", limit),), (fact,), None)
+            return _new_verdict((UNKNOWN, (("limit", limit),), (fact,), None))
         end = add_months(since, months)
         inputs = ((fact, since), ("limit", limit), ("window_ends", end))
         last_day = end if inclusive else end - _ONE_DAY
         if ctx.on <= last_day:
-            return Verdict(PASS, inputs, (), last_day + _ONE_DAY)
-        return Verdict(FAIL, inputs, (), None)
+            return _new_verdict((PASS, inputs, (), last_day + _ONE_DAY))
+        return _new_verdict((FAIL, inputs, (), None))
 
     return WindowPredicate(check, fact, None if requires_yes is None else str(requires_yes))
 
