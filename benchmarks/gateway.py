@@ -11,7 +11,10 @@ servers and the ratio is the servers' own).
 2. Accepted referrals per second with 32 requests in flight (closed loop), and at each fixed rate.
 3. CPU per accepted referral during the closed loop, of the server process and of nats-server: the
    figure that moves least when other work shares the machine (latencies and rates move a lot).
-The bodies are police referrals of distinct children (dates of birth differ), as a real night is.
+The bodies are police referrals of distinct children (sex and date of birth differ), as a real night
+is, and no body is sent twice in a run: each phase takes children not referred before (``_Children``).
+(Until November 2026 every phase restarted at the same bodies, so from the second phase on each
+referral was a possible duplicate of earlier ones: Flags and compare-and-set on every request.)
 The gateway writes to a real ``nats-server -js`` in a temporary folder; no other service runs.
 Run: ``python -m benchmarks.gateway``, or call ``main()`` (it returns the figures).
 """
@@ -113,19 +116,43 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def referral_bodies(count: int) -> list[bytes]:
-    """Return ``count`` police referrals of distinct children (dates of birth spread over ten years).
+# The possible-duplicate matcher takes two referrals for one child when the local authority, the sex
+# and a date of birth agree: 4 sexes x 3650 days (ten years) of children that no two bodies share.
+_SEXES = ("male", "female", "other", "unknown")
+_DAYS = 3650
+# The most referrals a closed loop may need (fresh children for all of them at up to this rate).
+_CLOSED_LOOP_MAX_RATE = 1000
 
-    Identical bodies would all be one child to the possible-duplicate matcher; real nights are not.
+
+def referral_bodies(count: int, first: int = 0) -> list[bytes]:
+    """Return ``count`` police referrals of distinct children: the ``first``-th onwards of 14,600.
+
+    Identical bodies would all be one child to the possible-duplicate matcher (a Flag for each earlier
+    referral, a compare-and-set on its match key); real nights are not.
     """
+    if first + count > len(_SEXES) * _DAYS:
+        raise ValueError(f"only {len(_SEXES) * _DAYS} distinct children; asked for {first + count}")
     bundle = json.loads((ROOT / "examples" / "police-night-referral.json").read_text())
+    patient = bundle["entry"][0]["resource"]
     bodies = []
-    for index in range(count):
-        bundle["entry"][0]["resource"]["birthDate"] = (
-            date(2009, 1, 1) + timedelta(days=index % 3650)
-        ).isoformat()
+    for index in range(first, first + count):
+        patient["gender"] = _SEXES[index // _DAYS]
+        patient["birthDate"] = (date(2009, 1, 1) + timedelta(days=index % _DAYS)).isoformat()
         bodies.append(json.dumps(bundle).encode())
     return bodies
+
+
+class _Children:
+    """Hands each phase bodies of children not referred before in the run."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def take(self, count: int) -> list[bytes]:
+        """Return ``count`` bodies no earlier ``take`` returned."""
+        bodies = referral_bodies(count, self._next)
+        self._next += count
+        return bodies
 
 
 class _Connection:
@@ -270,7 +297,6 @@ def main() -> dict[str, float]:
     from haven.kit.nats_server import free_port, start_embedded_nats
     from services.gateway.testing import bearer
 
-    bodies = referral_bodies(7300)
     head = _request_head(bearer("demo-police", "referrer"))
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder, Pool(CLIENT_PROCESSES) as pool:
@@ -279,12 +305,15 @@ def main() -> dict[str, float]:
         processes = [_start(kind, port, nats.url) for kind, port in servers.items()]
         try:
             for (kind, port), process in zip(servers.items(), processes, strict=True):
-                _open_loop(pool, port, head, bodies, 50, 1.0)  # warm up
+                children = _Children()
+                _open_loop(pool, port, head, children.take(50), 50, 1.0)  # warm up
                 for rate in RATES:
+                    bodies = children.take(int(rate * SECONDS_PER_RATE))
                     figures = _open_loop(pool, port, head, bodies, rate, SECONDS_PER_RATE)
                     for name, value in figures.items():
                         results[f"{kind}_{name}_at_{rate}_per_s"] = value
                 cpu_before = (_cpu_seconds(process.pid), _cpu_seconds(nats.process.pid))
+                bodies = children.take(int(_CLOSED_LOOP_MAX_RATE * THROUGHPUT_SECONDS))
                 closed_rate = _closed_loop(pool, port, head, bodies, THROUGHPUT_SECONDS)
                 accepted = closed_rate * THROUGHPUT_SECONDS
                 results[f"{kind}_accepted_per_s"] = closed_rate

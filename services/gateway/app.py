@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -35,7 +37,19 @@ from services.gateway.fhir import FhirInputError, Issue, IssueType
 from services.gateway.path_ids import MalformedIdGuard
 from services.gateway.state import GatewayState
 
+if TYPE_CHECKING:  # only for the annotation: FastAPI before its telemetry takes the dict as extra
+    from fastapi.telemetry import TelemetryConfig
+
 VERSION = "0.1.0"
+# FastAPI's own OpenTelemetry (on by itself once a tracer provider is set, as the service sets one)
+# would add a second server span per request, three internal ones and metrics: work on every request,
+# and its spans carry `url.path` (record ids). TracingMiddleware is the one span, with the route only.
+_NO_FASTAPI_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 
 
 async def _handle_query_error(_: Request, error: Exception) -> JSONResponse:
@@ -53,7 +67,13 @@ async def _handle_query_error(_: Request, error: Exception) -> JSONResponse:
 
 def create_app(state: GatewayState) -> FastAPI:
     """Build the app around a ready GatewayState."""
-    app = FastAPI(title="Haven FHIR API", version=VERSION, docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="Haven FHIR API",
+        version=VERSION,
+        docs_url="/docs",
+        redoc_url=None,
+        telemetry=_NO_FASTAPI_TELEMETRY,
+    )
     app.state.haven = state
     app.add_middleware(MalformedIdGuard)
     app.add_middleware(TracingMiddleware)

@@ -39,6 +39,15 @@ async def authenticate(request: Request, state: Annotated[GatewayState, Depends(
     return principal
 
 
+async def authenticated(request: Request) -> tuple[GatewayState, Principal]:
+    """Return the gateway state and the caller's Principal, answering as ``CurrentPrincipal`` does.
+
+    For the endpoints served without FastAPI's dependency injection (``referrals.py``, the intake).
+    """
+    state = await gateway_state(request)
+    return state, await authenticate(request, state)
+
+
 def require_role(principal: Principal, *roles: Role) -> None:
     """Answer 403 unless the caller acts in one of ``roles``."""
     if principal.role not in roles:

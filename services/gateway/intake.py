@@ -40,7 +40,7 @@ from haven.kit.timestamps import to_timestamp
 from haven.organisations import Role
 from haven.referral.v1 import referral_pb2
 from services.gateway.audit_log import audit_record
-from services.gateway.duplicates import link_possible_duplicates
+from services.gateway.duplicates import first_sighting_writes, link_possible_duplicates
 from services.gateway.fhir import ParsedReferral, transaction_response_bundle
 from services.gateway.idempotency import StoredAnswer, complete_if_pending
 from services.gateway.observations import facts_creation
@@ -150,10 +150,14 @@ async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
     parsed, now, scope = intake.parsed, intake.received_at, intake.scope
     creations = [state.store.creation(r, scope, now) for r in parsed.resources]
     # Stage 1. The facts are created, never replaced: on a repeat, a later Observation's facts stay.
-    revisions, flags = await asyncio.gather(
-        write_all(state.js, [*creations, facts_creation(parsed.referral_id, parsed.facts)]),
-        link_possible_duplicates(state, parsed, now),
+    # The possible-duplicate index rides in the same batch as creates (duplicates.py); only keys
+    # that existed already then need a read and a compare-and-set, and Flags when they match.
+    sightings = first_sighting_writes(state, parsed, now)
+    written = await write_all(
+        state.js, [*creations, facts_creation(parsed.referral_id, parsed.facts), *sightings]
     )
+    revisions = written[: len(creations)]
+    flags = await link_possible_duplicates(state, parsed, now, written[len(creations) + 1 :])
     # Stage 2. Announced only once everything it names is stored.
     event = referral_pb2.ReferralReceived(
         event_id=derived_id("referral-received", parsed.referral_id),

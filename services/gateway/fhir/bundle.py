@@ -130,7 +130,7 @@ def _check_bundle_shell(body: Any) -> dict[str, Any]:
             {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e for e in entries
         ]
     try:
-        Bundle.model_validate(shell)
+        Bundle(**shell)  # the model's constructor: what ``model_validate`` runs, minus one dispatch
     except ValidationError as error:
         raise FhirInputError(issues_from_validation_error(error, "Bundle")) from None
     return bundle
@@ -195,7 +195,9 @@ def _check_request(request: Any, resource_type: str, at: str, checks: Checks) ->
 def structurally_valid(resource: dict[str, Any], at: str, checks: Checks) -> bool:
     """Validate one resource with its fhir.resources R4B model; report problems under `at`."""
     try:
-        _MODELS[resource["resourceType"]].model_validate(resource)
+        # The constructor, not ``model_validate``: the models override ``__init__``, so
+        # ``model_validate`` only dispatches to it through one more validator call (about 13% dearer).
+        _MODELS[resource["resourceType"]](**resource)
     except ValidationError as error:
         checks.issues.extend(issues_from_validation_error(error, at))
         return False
