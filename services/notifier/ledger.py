@@ -18,10 +18,10 @@ Records hold ids, states, codes and times; the payload (a child's facts) is kept
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime
 from typing import Any
 
+import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -212,7 +212,7 @@ def _hold_key(subscription_id: str, referral_id: str) -> str:
 
 
 def _dump(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 async def _get_json(bucket: KeyValue, key: str) -> dict[str, Any] | None:
@@ -222,4 +222,4 @@ async def _get_json(bucket: KeyValue, key: str) -> dict[str, Any] | None:
         return None
     if not entry.value:
         return None
-    return dict(json.loads(entry.value))
+    return dict(orjson.loads(entry.value))

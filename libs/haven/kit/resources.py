@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -185,11 +186,13 @@ def _encode(resource: dict[str, Any], scope: RecordScope, now: datetime) -> byte
     meta.pop("versionId", None)
     meta["lastUpdated"] = now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     body["meta"] = meta
-    return json.dumps({"resource": body, "scope": scope.to_json()}, separators=(",", ":")).encode()
+    # orjson: the same compact JSON (UTF-8 rather than \u escapes) in a twentieth of json's time; a
+    # referral's intake encodes about ten records.
+    return orjson.dumps({"resource": body, "scope": scope.to_json()})
 
 
 def _decode(value: bytes, revision: int) -> StoredResource:
-    data = json.loads(value)
+    data = orjson.loads(value)
     resource = data["resource"]
     resource["meta"]["versionId"] = str(revision)
     return StoredResource(resource=resource, scope=RecordScope.from_json(data["scope"]), version=revision)
