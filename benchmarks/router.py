@@ -15,6 +15,12 @@ cores, shared with nats-server).
 
 The contention cost is the last-bed rate as a ratio to the uncontended rate with the same processes.
 
+CPU per routing: the CPU time the router process (and nats-server) used from the burst to the last
+outcome, over the referrals routed (read from /proc: Linux only, else left out). The wall-clock rate
+follows the CPU the machine leaves the router (two cores shared with nats-server and whatever else
+runs); ``routings_per_cpu_second_1_process`` is the rate one process reaches with a core to
+itself, the figure to hold against the target on a loaded machine.
+
 Baseline, measured in the same run on its own nats-server: the JetStream work a routing does without
 the router, a bare client making the same acknowledged writes per referral in the same steps (sequence
 claim; free count; reservation record and expiry schedule; decision; Task and its three index keys;
@@ -29,9 +35,11 @@ the ReferralRouted publish: 10 writes in 6 steps) with as many referrals in flig
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +63,32 @@ LONDON = "E09000001"
 HOME = "unseen-cssw-home"
 # Referrals in flight in the baseline: as many as one router's lanes.
 BASELINE_IN_FLIGHT = RouterSettings.model_fields["router_concurrency"].default
+
+
+@dataclass(frozen=True)
+class _PhaseResult:
+    """One phase: referrals routed per second, and CPU milliseconds per referral (None off Linux)."""
+
+    rate: float
+    router_cpu_ms: float | None
+    server_cpu_ms: float | None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """Return the CPU time (user + system) a process has used so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _per_referral_ms(before: list[float | None], after: list[float | None]) -> float | None:
+    """Return the CPU the processes used between two readings, in milliseconds per referral."""
+    if any(b is None for b in before) or any(a is None for a in after):
+        return None
+    used = sum(a for a in after if a is not None) - sum(b for b in before if b is not None)
+    return round(1000 * used / REFERRALS, 3)
 
 
 async def _store_assessments(js: JetStreamContext, events: list[eligibility_pb2.EligibilityAssessed]) -> None:
@@ -81,8 +115,8 @@ async def _publish_burst(js: JetStreamContext, events: list[eligibility_pb2.Elig
         await asyncio.wait_for(asyncio.gather(*acks), 30)
 
 
-async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> float:
-    """Return referrals routed per second in one phase with its own nats-server."""
+async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> _PhaseResult:
+    """Return referrals routed per second, and the CPU it took, in one phase with its own nats-server."""
     server = start_embedded_nats(workdir / name / "nats", port=free_port())
     routers = []
     try:
@@ -121,13 +155,21 @@ async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> f
             arrived.setdefault(referral_id, time.perf_counter())
 
         subscription = await nc.subscribe(f"{topology.ROUTING_ROUTED_PREFIX}.>", cb=on_routed)
+        routers_before = [_cpu_seconds(p.pid) for p in routers]
+        server_before = _cpu_seconds(server.process.pid)
         await _publish_burst(js, events)
         async with asyncio.timeout(300):
             while len(arrived) < REFERRALS:
                 await asyncio.sleep(0.05)
+        routers_after = [_cpu_seconds(p.pid) for p in routers]
+        server_after = _cpu_seconds(server.process.pid)
         await subscription.unsubscribe()
         await nc.drain()
-        return (REFERRALS - 1) / (max(arrived.values()) - min(arrived.values()))
+        return _PhaseResult(
+            rate=(REFERRALS - 1) / (max(arrived.values()) - min(arrived.values())),
+            router_cpu_ms=_per_referral_ms(routers_before, routers_after),
+            server_cpu_ms=_per_referral_ms([server_before], [server_after]),
+        )
     finally:
         for process in routers:
             process.terminate()
@@ -136,8 +178,12 @@ async def _phase(workdir: Path, name: str, processes: int, contended: bool) -> f
         server.stop()
 
 
-async def _baseline(workdir: Path) -> float:
-    """Return referrals per second a bare client makes the JetStream writes of a routing at."""
+async def _baseline(workdir: Path) -> tuple[float, float]:
+    """Return referrals per second a bare client makes a routing's JetStream writes at, and its CPU.
+
+    The CPU is this process's, in milliseconds per referral: the client side of the same writes,
+    without a router's work around them.
+    """
     server = start_embedded_nats(workdir / "baseline" / "nats", port=free_port())
     try:
         nc = await bus.connect(server.url, "bench-baseline")
@@ -186,11 +232,11 @@ async def _baseline(workdir: Path) -> float:
             while not queue.empty():
                 await one(queue.get_nowait())
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(BASELINE_IN_FLIGHT)))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         await nc.drain()
-        return REFERRALS / elapsed
+        return REFERRALS / elapsed, round(1000 * cpu / REFERRALS, 3)
     finally:
         server.stop()
 
@@ -244,7 +290,7 @@ async def _latency(workdir: Path) -> dict[str, float]:
 
 async def _measure() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as workdir:
-        baseline = await _baseline(Path(workdir))
+        baseline, baseline_cpu = await _baseline(Path(workdir))
         one = await _phase(Path(workdir), "uncontended-1", 1, contended=False)
         three = await _phase(Path(workdir), "uncontended-3", 3, contended=False)
         race = await _phase(Path(workdir), "last-bed-3", 3, contended=True)
@@ -252,13 +298,20 @@ async def _measure() -> dict[str, Any]:
     return {
         "referrals_per_phase": REFERRALS,
         "baseline_bare_writes_per_s": round(baseline, 1),
-        "routing_per_s_1_process": round(one, 1),
-        "router_to_baseline_1_process": round(one / baseline, 3),
-        "routing_per_s_3_processes": round(three, 1),
-        "last_bed_routing_per_s_3_processes": round(race, 1),
-        "contention_ratio": round(race / three, 3),
+        "baseline_client_cpu_ms_per_referral": baseline_cpu,
+        "routing_per_s_1_process": round(one.rate, 1),
+        "router_to_baseline_1_process": round(one.rate / baseline, 3),
+        "router_cpu_ms_per_routing_1_process": one.router_cpu_ms,
+        "server_cpu_ms_per_routing_1_process": one.server_cpu_ms,
+        "routings_per_cpu_second_1_process": (
+            round(1000 / one.router_cpu_ms, 1) if one.router_cpu_ms else None
+        ),
+        "routing_per_s_3_processes": round(three.rate, 1),
+        "router_cpu_ms_per_routing_3_processes": three.router_cpu_ms,
+        "last_bed_routing_per_s_3_processes": round(race.rate, 1),
+        "contention_ratio": round(race.rate / three.rate, 3),
         "target_per_process": TARGET_PER_PROCESS,
-        "meets_target": one >= TARGET_PER_PROCESS,
+        "meets_target": one.rate >= TARGET_PER_PROCESS,
         "latency_at_50_per_s_p50_ms": latency["p50_ms"],
         "latency_at_50_per_s_p99_ms": latency["p99_ms"],
     }

@@ -32,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import heapq
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from haven.kit.kv_follow import follow
 from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.resources import KvWrite
 from haven.kit.topology import BUCKET_CAPACITY
+from services.referral_router.batch import send_all
 from services.referral_router.domain import Directory
 
 _MAX_CAS_ATTEMPTS = 50
@@ -123,7 +126,9 @@ class CapacityLedger:
         self._waiting_order: dict[str, list[int]] = {}  # service -> revisions of its entries, sorted
         self._waiting_of: dict[str, set[str]] = {}  # referral -> services it waits at
         self._waiting_seen = 0  # highest waiting-list revision applied to the view
-        self._waiting_changed = asyncio.Condition()
+        # Joins waiting for the view to reach their entry's revision: (revision, number, future), a heap.
+        self._seen_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_numbers = itertools.count()
 
     # --- the view, from KV watches ---------------------------------------------------------------
 
@@ -167,9 +172,13 @@ class CapacityLedger:
             entries[referral_id] = revision
             bisect.insort(order, revision)
             self._waiting_of.setdefault(referral_id, set()).add(service_id)
-        async with self._waiting_changed:
-            self._waiting_seen = max(self._waiting_seen, revision)
-            self._waiting_changed.notify_all()
+        self._waiting_seen = max(self._waiting_seen, revision)
+        # Wake only the joins whose entry the view now holds (a condition's notify_all woke every join
+        # in flight at each entry: with 64 lanes joining at once, most of a contended routing's CPU).
+        while self._seen_waiters and self._seen_waiters[0][0] <= self._waiting_seen:
+            waiter = heapq.heappop(self._seen_waiters)[2]
+            if not waiter.done():
+                waiter.set_result(None)
 
     def known_free(self) -> dict[str, int]:
         """Return the free count of each capacity-limited service, as this router last saw it."""
@@ -197,15 +206,27 @@ class CapacityLedger:
         position computed next is the child's place in line.
         """
         since = now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        try:
-            revision = await self._bucket.create(
-                _waiting_key(service_id, referral_id), json.dumps({"since": since}).encode()
-            )
-        except KeyWrongLastSequenceError:
-            return  # on the list already: its place in line stands
+        entry = KvWrite(
+            str(self._bucket._name),
+            _waiting_key(service_id, referral_id),
+            json.dumps({"since": since}).encode(),
+            create=True,
+        )
+        # One call through ``send_all`` (lighter than ``KeyValue.create``). Refused when the key exists or
+        # existed: ``KeyValue.create`` then tells the two apart (a child that left the list may rejoin it).
+        revision = (await send_all(self._bucket._js, [entry]))[0]
+        if not isinstance(revision, int):
+            try:
+                revision = await self._bucket.create(entry.key, entry.value)
+            except KeyWrongLastSequenceError:
+                return  # on the list already: its place in line stands
+        if self._waiting_seen >= revision:
+            return
+        seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._seen_waiters, (revision, next(self._waiter_numbers), seen))
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_WAITING_VIEW_TIMEOUT), self._waiting_changed:
-                await self._waiting_changed.wait_for(lambda: self._waiting_seen >= revision)
+            async with asyncio.timeout(_WAITING_VIEW_TIMEOUT):
+                await seen  # a join that gives up leaves its future cancelled, dropped once reached
 
     async def leave_waiting(self, service_id: str, referral_id: str) -> None:
         """Take the child off the service's waiting list (nothing happens when it is not on it)."""

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from haven.kit import telemetry, topology
 from haven.kit.schedules import at_header
+from services.referral_router.batch import Publish, send_all
 
 STREAM = "HAVEN_ROUTER_SCHEDULES"
 
@@ -33,6 +34,10 @@ class ReservationExpiry:
 
     async def schedule(self, task_id: str, reserved_at: datetime) -> None:
         """Make the reservation of ``task_id`` expire ``timeout`` after ``reserved_at``."""
+        await send_all(self._js, [self.schedule_message(task_id, reserved_at)])
+
+    def schedule_message(self, task_id: str, reserved_at: datetime) -> Publish:
+        """Return the publish that ``schedule`` makes, to send with other calls (``send_all``)."""
         headers = telemetry.inject_headers(
             {
                 "Nats-Schedule": at_header(reserved_at + self._timeout),
@@ -40,7 +45,7 @@ class ReservationExpiry:
                 "Nats-Msg-Id": f"reservation-expiry-{task_id}",
             }
         )
-        await self._js.publish(_schedule_subject(task_id), task_id.encode(), headers=headers)
+        return Publish(_schedule_subject(task_id), task_id.encode(), headers)
 
     async def cancel(self, task_id: str) -> None:
         """Drop the schedule of ``task_id`` (nothing happens when there is none)."""

@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 from haven.kit.resources import KvWrite, write_all
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
+from services.referral_router.batch import LastValue, send_all
 
 _MAX_CAS_ATTEMPTS = 50
 
@@ -59,23 +60,22 @@ class RoutingRecords:
         return routing_pb2.ReferralRouted.FromString(value) if value else None
 
     def outcome_record(self, routed: routing_pb2.ReferralRouted, trigger: str) -> KvWrite:
-        """Return the write that keeps the outcome decided for this trigger (sent with ``write_all``)."""
+        """Return the write that keeps the outcome decided for this trigger (sent with ``send_all``)."""
         return KvWrite(
             str(self._bucket._name), f"outcome.{routed.referral_id}.{trigger}", routed.SerializeToString()
         )
 
-    async def claim_first_sequence(self, referral_id: str, area: str) -> bool:
+    async def claim_first_sequence(self, js: JetStreamContext, referral_id: str, area: str) -> bool:
         """Take sequence 1, routed for ``area``, if the referral was never routed; else False.
 
         One round trip for a new referral, and proof that nothing was decided for it yet (an outcome
         is only recorded under a sequence), so the caller need not look for one. A closed referral
         has a sequence (``mark_closed`` makes one), so its late first assessment is refused here.
+        Sent through ``send_all`` (a create refused gives None): lighter than ``KeyValue.create``.
         """
-        try:
-            await self._bucket.create(f"sequence.{referral_id}", _sequence_value(1, area))
-        except KeyWrongLastSequenceError:
-            return False
-        return True
+        name = str(self._bucket._name)
+        write = KvWrite(name, f"sequence.{referral_id}", _sequence_value(1, area), create=True)
+        return (await send_all(js, [write]))[0] is not None
 
     async def next_sequence(self, referral_id: str) -> int:
         """Return a new routing sequence for the referral, above every one given before."""
@@ -133,6 +133,10 @@ class RoutingRecords:
     async def is_closed(self, referral_id: str) -> bool:
         """Whether the referral was closed (``ReferralClosed`` seen by a router)."""
         return await self._get(f"closed.{referral_id}") is not None
+
+    def closed_mark(self, referral_id: str) -> LastValue:
+        """Return the read of the closed mark, to send with other calls (``send_all``: None if open)."""
+        return LastValue(str(self._bucket._name), f"closed.{referral_id}")
 
     async def note_cancelled_from(self, task_id: str, status: str) -> None:
         """Keep the status a task is about to be cancelled from, for a redelivered closure."""

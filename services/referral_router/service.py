@@ -35,19 +35,22 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from haven.eligibility.v1 import eligibility_pb2
-from haven.kit import bus, topology
+from haven.kit import bus, telemetry, topology
 from haven.kit.clock import Clock, system_clock
 from haven.kit.health import start_grpc_server
 from haven.kit.ids import derived_id
 from haven.kit.lifecycle import ServiceContext, start
 from haven.kit.logs import log_event
-from haven.kit.resources import ResourceStore, StoredResource, write_all
+from haven.kit.resources import ResourceStore, StoredResource
 from haven.kit.timestamps import to_timestamp
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
 from haven.task.v1 import task_pb2
+from services.referral_router.batch import Publish, send_all
 from services.referral_router.capacity import CapacityLedger
 from services.referral_router.domain import (
     Assessment,
@@ -89,6 +92,7 @@ from services.referral_router.tasks import (
 )
 
 _log = logging.getLogger(__name__)
+_tracer = telemetry.tracer(__name__)
 
 CONSUMER = bus.ConsumerSpec(
     stream="HAVEN_ELIGIBILITY", durable="referral_router", subjects=(topology.ELIGIBILITY_ASSESSED,)
@@ -167,7 +171,7 @@ class ReferralRouter:
             raise bus.Unprocessable("assessment without referral id")
         trigger = f"assessed-{msg.metadata.sequence.stream}"
         referral_id, area = assessed.referral_id, assessed.facts.local_authority_gss
-        if await self._records.claim_first_sequence(referral_id, area):
+        if await self._records.claim_first_sequence(self._js, referral_id, area):
             # Never routed before (the usual case): nothing decided, no tasks to look at.
             routed = await self._route_first(assessed, trigger, sequence=1)
         else:
@@ -580,7 +584,7 @@ class ReferralRouter:
         records = [self._records.outcome_record(routed, trigger)]
         if area is not None and sequence != 1:
             records.append(self._records.area_record(referral_id, area))
-        await write_all(self._js, records)
+        await send_all(self._js, records)
         return routed
 
     async def _hold(self, taken: list[tuple[str, str]], now: datetime) -> None:
@@ -590,9 +594,8 @@ class ReferralRouter:
         it is given back.
         """
         records = [self._ledger.reservation_record(task_id, service_id) for service_id, task_id in taken]
-        stored = asyncio.ensure_future(write_all(self._js, records))
-        await asyncio.gather(stored, *(self._expiry.schedule(task_id, now) for _, task_id in taken))
-        revisions = stored.result()
+        schedules = [self._expiry.schedule_message(task_id, now) for _, task_id in taken]
+        revisions = (await send_all(self._js, [*records, *schedules]))[: len(records)]
         for (service_id, _), revision in zip(taken, revisions, strict=True):
             if revision is None:
                 await self._ledger.give_places(service_id)
@@ -635,13 +638,7 @@ class ReferralRouter:
         cancelled by one or the other. The read goes out with the announcement: no wait on the way.
         """
         await store_tasks(self._store, routed, child_id, self._clock(), self._js)
-        _, closed = await asyncio.gather(
-            bus.publish_event(
-                self._js, topology.routed_subject(routed.local_authority_gss), routed, msg_id=routed.event_id
-            ),
-            self._records.is_closed(routed.referral_id),
-        )
-        if closed:
+        if await self._announce(routed):
             await self._close_referral(routed.referral_id)
         log_event(
             _log,
@@ -652,6 +649,40 @@ class ReferralRouter:
             tasks=len(routed.tasks),
             escalate_to_edt=routed.fallback.escalate_to_edt,
         )
+
+    async def _announce(self, routed: routing_pb2.ReferralRouted) -> bool:
+        """Publish ``ReferralRouted`` and read the closed mark in one batch; return whether it is closed.
+
+        The producer span and headers are those ``bus.publish_event`` gives an event; the span is not
+        made current (nothing runs inside it but the send), its context goes out in the headers.
+        """
+        subject = topology.routed_subject(routed.local_authority_gss)
+        span = _tracer.start_span(
+            f"publish {subject}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.message.id": routed.event_id,
+            },
+        )
+        headers = {"Nats-Msg-Id": routed.event_id}
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        try:
+            answers = await send_all(
+                self._js,
+                [
+                    Publish(subject, routed.SerializeToString(), headers),
+                    self._records.closed_mark(routed.referral_id),
+                ],
+            )
+        except Exception as error:
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+            raise
+        finally:
+            span.end()
+        return answers[1] is not None
 
     async def _publish_status(self, task: StoredResource, previous_status: str, reason_code: str) -> None:
         """Tell everyone that the router itself closed a task (changed_by is empty: the system did)."""

@@ -24,9 +24,9 @@ from haven.kit.resources import (
     ResourceStore,
     StoredResource,
     VersionConflictError,
-    write_all,
 )
 from haven.routing.v1 import routing_pb2
+from services.referral_router.batch import send_all
 from services.referral_router.domain import ExistingTask
 from services.referral_router.domain.rerouting import ACTIVE
 
@@ -91,7 +91,7 @@ async def store_tasks(
     A Task that exists already was written by an earlier delivery of the same decision (its id comes
     from the routing sequence): its create is refused and it is left as it is, whatever its owner did
     to it since. Index entries are keys without a value, so writing one again changes nothing a reader
-    sees. With ``js`` (the router) the writes go out as one batch (``write_all``), every
+    sees. With ``js`` (the router) the writes go out as one batch (``send_all``), every
     acknowledgement awaited once; without it, one awaited write each, concurrently.
     """
     if js is None:
@@ -104,8 +104,7 @@ async def store_tasks(
             store.index_entry("Task", param, value, task.task_id)
             for param, value in _search_entries(event, task)
         )
-    if writes:
-        await write_all(js, writes)
+    await send_all(js, writes)
 
 
 async def _store_task(
