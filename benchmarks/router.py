@@ -47,9 +47,9 @@ from nats.js import JetStreamContext
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
+from haven.kit.batch import KvWrite, write_all
 from haven.kit.ids import new_id
 from haven.kit.nats_server import free_port, start_embedded_nats
-from haven.kit.resources import KvWrite, write_all
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
 from services.referral_router.settings import RouterSettings

@@ -19,7 +19,8 @@ from fastapi import Request
 from nats.js import JetStreamContext
 
 from haven.kit import topology
-from haven.kit.resources import KvWrite, RecordScope, write_all
+from haven.kit.batch import KvWrite, write_all
+from haven.kit.resources import RecordScope
 from services.gateway.security.audit import audit_event
 from services.gateway.security.principal import Principal
 from services.gateway.state import GatewayState

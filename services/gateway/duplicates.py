@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from haven.kit.resources import AlreadyExistsError, KvWrite, RecordScope, VersionConflictError
+from haven.kit.batch import KvWrite
+from haven.kit.resources import AlreadyExistsError, RecordScope, VersionConflictError
 from services.gateway.fhir import ParsedReferral
 from services.gateway.fhir.duplicates import (
     POSSIBLE_DUPLICATE,

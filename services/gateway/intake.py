@@ -32,10 +32,11 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from haven.kit import bus, topology
+from haven.kit.batch import KvWrite, write_all
 from haven.kit.ids import derived_id
 from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.logs import log_event
-from haven.kit.resources import KvWrite, RecordScope, StoredResource, write_all
+from haven.kit.resources import RecordScope, StoredResource
 from haven.kit.timestamps import to_timestamp
 from haven.organisations import Role
 from haven.referral.v1 import referral_pb2

@@ -31,9 +31,10 @@ from nats.js.kv import KeyValue
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
+from haven.kit.batch import KvWrite
 from haven.kit.ids import derived_id, new_id
 from haven.kit.logs import log_event
-from haven.kit.resources import KvWrite, RecordScope, StoredResource, VersionConflictError
+from haven.kit.resources import RecordScope, StoredResource, VersionConflictError
 from haven.kit.timestamps import to_timestamp
 from haven.organisations import Role
 from haven.referral.v1 import referral_pb2

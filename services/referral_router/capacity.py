@@ -43,11 +43,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from haven.kit.batch import KvWrite, send_all
 from haven.kit.kv_follow import follow
 from haven.kit.kv_keys import list_bucket_keys
-from haven.kit.resources import KvWrite
 from haven.kit.topology import BUCKET_CAPACITY
-from services.referral_router.batch import send_all
 from services.referral_router.domain import Directory
 
 _MAX_CAS_ATTEMPTS = 50

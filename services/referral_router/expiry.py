@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from nats.js import JetStreamContext
 
 from haven.kit import telemetry, topology
+from haven.kit.batch import Publish, send_all
 from haven.kit.schedules import at_header
-from services.referral_router.batch import Publish, send_all
 
 STREAM = "HAVEN_ROUTER_SCHEDULES"
 

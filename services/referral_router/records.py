@@ -30,10 +30,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from haven.kit.resources import KvWrite, write_all
+from haven.kit.batch import KvWrite, LastValue, send_all, write_all
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
-from services.referral_router.batch import LastValue, send_all
 
 _MAX_CAS_ATTEMPTS = 50
 

@@ -40,6 +40,7 @@ from opentelemetry.trace import SpanKind
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, telemetry, topology
+from haven.kit.batch import Publish, send_all
 from haven.kit.clock import Clock, system_clock
 from haven.kit.health import start_grpc_server
 from haven.kit.ids import derived_id
@@ -50,7 +51,6 @@ from haven.kit.timestamps import to_timestamp
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
 from haven.task.v1 import task_pb2
-from services.referral_router.batch import Publish, send_all
 from services.referral_router.capacity import CapacityLedger
 from services.referral_router.domain import (
     Assessment,

@@ -17,16 +17,15 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from haven.canonical import CS_PROGRAMME, CS_TASK_ROUTE, CS_TASK_STATUS_REASON, EXT_MANUAL_REVIEW
+from haven.kit.batch import KvWrite, send_all
 from haven.kit.resources import (
     AlreadyExistsError,
-    KvWrite,
     RecordScope,
     ResourceStore,
     StoredResource,
     VersionConflictError,
 )
 from haven.routing.v1 import routing_pb2
-from services.referral_router.batch import send_all
 from services.referral_router.domain import ExistingTask
 from services.referral_router.domain.rerouting import ACTIVE
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 
-from haven.kit.resources import write_all
+from haven.kit.batch import write_all
 from haven.organisations import Role
 from services.gateway.audit_log import audit_record
 from services.gateway.security.principal import Principal

@@ -25,8 +25,9 @@ from nats.js.errors import FetchTimeoutError
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import topology
+from haven.kit.batch import write_all
 from haven.kit.ids import new_id
-from haven.kit.resources import RecordScope, ResourceStore, write_all
+from haven.kit.resources import RecordScope, ResourceStore
 from haven.referral.v1 import referral_pb2 as pb
 from haven.routing.v1 import routing_pb2
 from services.eligibility.scheduler import SCHEDULE_STREAM

@@ -8,23 +8,17 @@ the KV revision, so ``If-Match`` maps onto KV compare-and-set. Search parameters
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import orjson
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from haven.kit.batch import KvWrite
 from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.topology import BUCKET_INDEX, BUCKET_RESOURCES
 
@@ -75,105 +69,6 @@ class StoredResource:
     def reference(self) -> str:
         """Return the relative reference ``Type/id``."""
         return f"{self.resource['resourceType']}/{self.resource['id']}"
-
-
-@dataclass(frozen=True)
-class KvWrite:
-    """One KV write of a batch (``write_all``): ``create`` only if the key has never been written."""
-
-    bucket: str
-    key: str
-    value: bytes
-    create: bool = False
-
-
-# Batched writes. Awaiting ``KeyValue.put`` per key costs a task, a timer and a response future each;
-# here every write of a batch goes out as one JetStream publish with a reply subject under one inbox
-# per connection, and the batch waits once. (nats-py's own ``publish_async`` would do, but it loses a
-# refused write: its reply handler raises the error instead of handing it to the waiting future.)
-# JetStream's "wrong last sequence" codes: the key of a create was written already.
-_WRONG_LAST_SEQUENCE = (10071, 10164)
-_NO_RESPONDERS = "503"
-
-
-class _Acks:
-    """The acknowledgements of one connection's batched writes, routed by reply subject to futures."""
-
-    def __init__(self, nc: NatsClient) -> None:
-        self._nc = nc
-        self._prefix = nc.new_inbox()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._numbers = itertools.count()
-        self._subscribed: asyncio.Task[object] | None = None
-
-    async def ready(self) -> None:
-        """Subscribe to the inbox once (concurrent first callers wait for the same subscription)."""
-        if self._subscribed is None:
-            subscribing = self._nc.subscribe(f"{self._prefix}.*", cb=self._arrived)
-            self._subscribed = asyncio.ensure_future(subscribing)
-        await asyncio.shield(self._subscribed)
-
-    def expect(self) -> tuple[str, asyncio.Future[Msg]]:
-        """Return a fresh reply subject and the future its acknowledgement will complete."""
-        reply = f"{self._prefix}.{next(self._numbers)}"
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[reply] = future
-        return reply, future
-
-    def forget(self, reply: str) -> None:
-        """Stop waiting for ``reply`` (answered, or given up on)."""
-        self._waiting.pop(reply, None)
-
-    async def _arrived(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-
-_acks: WeakKeyDictionary[NatsClient, _Acks] = WeakKeyDictionary()
-
-
-async def write_all(
-    js: JetStreamContext, writes: Sequence[KvWrite], timeout: float = 5.0
-) -> list[int | None]:
-    """Send every write at once and wait for all their acknowledgements; return each revision.
-
-    A create whose key exists (or existed: a deleted key counts) gives None in its place instead of a
-    revision, so a caller repeating a batch can tell "already there" from "stored now". Any other
-    refusal raises (the first, once all are in), as does a batch not acknowledged within ``timeout``.
-    """
-    nc: NatsClient = js._nc
-    acks = _acks.get(nc)
-    if acks is None:
-        acks = _acks[nc] = _Acks(nc)
-    await acks.ready()
-    replies: list[str] = []
-    futures: list[asyncio.Future[Msg]] = []
-    try:
-        for write in writes:
-            reply, future = acks.expect()
-            replies.append(reply)
-            futures.append(future)
-            headers = {"Nats-Expected-Last-Subject-Sequence": "0"} if write.create else None
-            await nc.publish(f"$KV.{write.bucket}.{write.key}", write.value, reply=reply, headers=headers)
-        answers = await asyncio.wait_for(asyncio.gather(*futures), timeout)
-    finally:
-        for reply in replies:
-            acks.forget(reply)
-    return [_revision(write, answer) for write, answer in zip(writes, answers, strict=True)]
-
-
-def _revision(write: KvWrite, answer: Msg) -> int | None:
-    if answer.headers and answer.headers.get("Status") == _NO_RESPONDERS:
-        raise NoStreamResponseError
-    data = json.loads(answer.data)
-    error = data.get("error")
-    if error is None:
-        return int(data["seq"])
-    if write.create and error.get("err_code") in _WRONG_LAST_SEQUENCE:
-        return None
-    APIError.from_error(error)  # raises the error as its own class (BadRequestError, ...)
-    raise APIError(**error)  # not reached
 
 
 def _key(resource_type: str, resource_id: str) -> str:

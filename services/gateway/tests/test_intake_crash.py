@@ -21,9 +21,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from haven.kit import topology
+from haven.kit.batch import KvWrite, write_all
 from haven.kit.ids import derived_id
 from haven.kit.kv_keys import list_bucket_keys
-from haven.kit.resources import KvWrite, write_all
 from haven.referral.v1 import referral_pb2
 from services.gateway import intake
 from services.gateway.fhir import ReferrerContext, parse_referral_bundle

@@ -1,17 +1,16 @@
-"""One wait for every JetStream call of a routing step: KV writes, publishes and reads of a key.
+"""One wait for a batch of JetStream calls: KV writes, stream publishes and reads of a key.
 
-The kit's ``write_all`` sends KV writes together and waits once. Some steps of a routing also
-publish (an expiry schedule, ``ReferralRouted``) or read a key (``closed.<referral>``, sent with the
-announcement); through nats-py's ``js.publish`` or ``KeyValue.get`` each of those is a request of its
-own, with its own response future, timer and task, awaited in a task of its own. ``send_all`` sends
-every call of a step with a reply subject under one inbox per connection and waits once for all the
-answers: fewer objects and event-loop turns per routing (the router is CPU-bound), with the same
-calls, in the same order, acknowledged before the step returns.
+Through nats-py each ``KeyValue.put``, ``js.publish`` or ``KeyValue.get`` is a request of its own, with
+its own response future, timer and task. ``send_all`` sends every call of a batch with a reply subject
+under one inbox per connection and waits once for all the answers: fewer objects and event-loop turns
+per call (the services are CPU-bound), with the same calls, in the same order, all acknowledged before
+it returns. (nats-py's own ``publish_async`` would do for writes, but it loses a refused write: its
+reply handler raises the error instead of handing it to the waiting future.)
 
 Answers, in the order of the calls: a ``KvWrite`` gives its revision (None for a create whose key
-exists or existed, as ``write_all``); a ``Publish`` its stream sequence; a ``LastValue`` the key's
-value (None when absent, deleted or empty, as ``RoutingRecords`` reads keys). Any other refusal
-raises, once every answer is in.
+exists or existed); a ``Publish`` its stream sequence; a ``LastValue`` the key's value (None when
+absent, deleted or empty). Any other refusal raises, once every answer is in. ``write_all`` is the
+same for a batch of KV writes only.
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 
-from haven.kit.resources import KvWrite
-
 # JetStream's "wrong last sequence" codes: the key of a create was written already.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _NO_RESPONDERS = "503"
@@ -41,6 +38,16 @@ _PLAIN_ACK = re.compile(rb'\{"stream":"[^"]*","seq":(\d+)\}')
 _NO_MESSAGE = 10037
 # The header a KV delete or purge leaves on the key's last message.
 _REMOVED = re.compile(rb"^KV-Operation:\s*(DEL|PURGE)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class KvWrite:
+    """One KV write of a batch: ``create`` only if the key has never been written."""
+
+    bucket: str
+    key: str
+    value: bytes
+    create: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,19 @@ async def send_all(js: JetStreamContext, calls: Sequence[Call], timeout: float =
         replies.pending.discard(batch)
     answers = [answer for answer in batch.answers if answer is not None]  # all of them, once done
     return [_answer(call, answer) for call, answer in zip(calls, answers, strict=True)]
+
+
+async def write_all(
+    js: JetStreamContext, writes: Sequence[KvWrite], timeout: float = 5.0
+) -> list[int | None]:
+    """Send every KV write at once and wait for all their acknowledgements; return each revision.
+
+    A create whose key exists (or existed: a deleted key counts) gives None in its place instead of a
+    revision, so a caller repeating a batch can tell "already there" from "stored now". Any other
+    refusal raises (the first, once all are in), as does a batch not acknowledged within ``timeout``.
+    """
+    answers = await send_all(js, writes, timeout)
+    return [answer if isinstance(answer, int) else None for answer in answers]
 
 
 def _answer(call: Call, answer: Msg) -> Answer:

@@ -1,28 +1,23 @@
-"""One wait per routing step (``batch.send_all``) and the lanes' own pull requests, on a real server.
+"""One wait per batch of JetStream calls (``haven.kit.batch.send_all``), on a real server.
 
 ``send_all`` must answer each call as the nats-py call it replaces would (a revision, None for a
 create refused, a stream sequence, a key's value or None), raise what they raise, and give up after
-its timeout. The lanes' pull must hand over every message once, settle nak'd ones for redelivery and
-stop promptly on an empty stream.
+its timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import StreamConfig
 from nats.js.errors import NoStreamResponseError
 
 from haven.kit import bus, topology
+from haven.kit.batch import KvWrite, LastValue, Publish, send_all
 from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
-from haven.kit.resources import KvWrite
-from services.referral_router.batch import LastValue, Publish, send_all
-from services.referral_router.lanes import LaneConsumer
 
 ROUTING = topology.BUCKET_ROUTING
 
@@ -38,7 +33,7 @@ def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 @pytest.fixture
 async def nc(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
     """A client of the test's server, with the topology created."""
-    client = await bus.connect(server.url, "router-batch-tests")
+    client = await bus.connect(server.url, "kit-batch-tests")
     await topology.ensure_topology(client.jetstream())
     yield client
     await client.drain()
@@ -85,35 +80,3 @@ async def test_a_call_left_unanswered_times_out(nc: NatsClient) -> None:
         await send_all(nc.jetstream(), [Publish("silent.responder", b"x")], timeout=0.3)
     # The connection's inbox still answers the next batch.
     assert await send_all(nc.jetstream(), [LastValue(ROUTING, "closed.none")]) == [None]
-
-
-async def test_the_lanes_pull_hands_over_every_message_once_and_redelivers_a_nak(nc: NatsClient) -> None:
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="PULL_TEST", subjects=["pull.test"]))
-    spec = bus.ConsumerSpec(stream="PULL_TEST", durable="pull_test", subjects=("pull.test",))
-    for number in range(40):
-        await js.publish("pull.test", str(number).encode())
-    seen: list[int] = []
-    retried = False
-
-    async def handler(msg: Msg) -> None:
-        nonlocal retried
-        number = int(msg.data)
-        if number == 7 and not retried:
-            retried = True
-            raise bus.RetryLater("once", delay=0.05)
-        seen.append(number)
-
-    stop = asyncio.Event()
-    consumer = LaneConsumer(spec, handler, lambda msg: msg.data.decode(), lanes=4, batch=8)
-    work = asyncio.create_task(consumer.run(js, stop))
-    async with asyncio.timeout(20):
-        while len(seen) < 40:
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.6)  # a pull or two more, on an empty stream: nothing new comes
-    stop.set()
-    async with asyncio.timeout(5):  # one pull's expiry and its grace at most
-        await work
-    assert sorted(seen) == list(range(40))
-    info = await js.consumer_info("PULL_TEST", "pull_test")
-    assert info.num_pending == 0 and info.num_ack_pending == 0
