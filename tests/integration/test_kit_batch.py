@@ -7,36 +7,15 @@ its timeout.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.errors import NoStreamResponseError
 
-from haven.kit import bus, topology
+from haven.kit import topology
 from haven.kit.batch import KvWrite, LastValue, Publish, send_all
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
 
 ROUTING = topology.BUCKET_ROUTING
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of the test's own."""
-    running = start_embedded_nats(tmp_path / "nats", port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def nc(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    """A client of the test's server, with the topology created."""
-    client = await bus.connect(server.url, "kit-batch-tests")
-    await topology.ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 async def test_each_call_is_answered_as_its_own_call_would_be(nc: NatsClient) -> None:

@@ -91,6 +91,22 @@ async def role_gaps(js: JetStreamContext) -> list[DeadLetter]:
     return [d for d in await dead_letters(js) if d.request.subscription_id.startswith("unresolved-")]
 
 
+async def redriven_to(
+    js: JetStreamContext, ledger: DeliveryLedger, letter: DeadLetter, receiver: HttpReceiver, expected_id: str
+) -> None:
+    """Redrive the dead letter; assert the receiver gets its payload once under ``expected_id``, resolved."""
+    await redrive(js, letter.key)
+    await until(lambda: len(receiver.requests()) == 1)
+    sent = receiver.requests()[0]
+    assert sent.headers["x-haven-notification-id"] == expected_id
+    assert json.loads(sent.body) == json.loads(letter.request.payload_json)
+    deadline = time.monotonic() + 10
+    while (await ledger.record(letter.key)).get("state") != "resolved":
+        assert time.monotonic() < deadline, f"{letter.key} not resolved"
+        await asyncio.sleep(0.05)
+    assert not [d for d in await dead_letters(js) if d.key == letter.key]
+
+
 def missing_episode(referral_id: str) -> SourceEvent:
     occurred = datetime.now(UTC)
     return SourceEvent(
@@ -147,16 +163,9 @@ async def test_an_unconfigured_police_force_does_not_stop_the_la_and_the_gap_is_
         # The operator configures the force, the notifier restarts, and the gap is redriven.
         await subscribe(js, POLICE, f"{police_receiver.url}/police")
         async with notifier(js, RecipientDirectory(police_by_gss={GSS: POLICE})):
-            await redrive(js, gaps[0].key)
-            await until(lambda: len(police_receiver.requests()) == 1)
-            sent = police_receiver.requests()[0]
-            assert sent.headers["x-haven-notification-id"] == notification_id(event.event_id, POLICE, EVENT)
-            assert json.loads(sent.body) == json.loads(gaps[0].request.payload_json)
-            deadline = time.monotonic() + 10
-            while (await ledger.record(gaps[0].key)).get("state") != "resolved":
-                assert time.monotonic() < deadline, "gap not resolved"
-                await asyncio.sleep(0.05)
-            assert not [d for d in await dead_letters(js) if d.key == gaps[0].key]
+            await redriven_to(
+                js, ledger, gaps[0], police_receiver, notification_id(event.event_id, POLICE, EVENT)
+            )
         assert (await ledger.record(gaps[0].key))["resolved_to"] == [POLICE]
         assert len(la_receiver.requests()) == 1
     finally:
@@ -212,15 +221,8 @@ async def test_a_recipient_without_a_channel_is_a_dead_letter_until_it_subscribe
         # The EDT registers its webhook; an operator redrives (a restarted notifier, as after a deploy).
         await subscribe(js, edt, f"{edt_receiver.url}/edt")
         async with notifier(js, RecipientDirectory(police_by_gss={GSS: POLICE})):
-            await redrive(js, letters[0].key)
-            await until(lambda: len(edt_receiver.requests()) == 1)
-            sent = edt_receiver.requests()[0]
-            assert sent.headers["x-haven-notification-id"] == notification_id(event.event_id, edt, EVENT)
-            assert json.loads(sent.body) == json.loads(letters[0].request.payload_json)
-            deadline = time.monotonic() + 10
-            while (await ledger.record(letters[0].key)).get("state") != "resolved":
-                assert time.monotonic() < deadline, "no-channel letter not resolved"
-                await asyncio.sleep(0.05)
-            assert not [d for d in await dead_letters(js) if d.key == letters[0].key]
+            await redriven_to(
+                js, ledger, letters[0], edt_receiver, notification_id(event.event_id, edt, EVENT)
+            )
     finally:
         edt_receiver.stop()

@@ -9,28 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client as NatsClient
 
 from haven.kit import bus, topology
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
+from haven.kit.nats_server import EmbeddedNats
 from haven.referral.v1 import referral_pb2
 from services.referral_router.testing import assessed, publish_assessed, routed_log, start_router_process
 
 HOME = "unseen-cssw-home"
 ROUTERS = 3
 REFERRALS = 24
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of the test's own."""
-    running = start_embedded_nats(tmp_path / "nats", port=free_port())
-    yield running
-    running.stop()
 
 
 def _start_routers(server: EmbeddedNats, tmp_path: Path) -> list[tuple[subprocess.Popen[bytes], Path]]:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError
 
 from haven.eligibility.v1 import eligibility_pb2
-from haven.kit import bus, topology
+from haven.kit import topology
 from haven.kit.ids import new_id
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
+from haven.kit.nats_server import EmbeddedNats
 from haven.kit.resources import RecordScope, ResourceStore
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
@@ -38,23 +36,6 @@ HOME = "unseen-cssw-home"
 AFRUCA, RISE = "afruca-therapy", "childrens-society-rise"
 BED = referral_pb2.SERVICE_ASKED_SPECIALIST_ACCOMMODATION
 THERAPY = referral_pb2.SERVICE_ASKED_THERAPEUTIC_SUPPORT
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of the test's own."""
-    running = start_embedded_nats(tmp_path / "nats", port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def nc(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    """A client of the test's server, with the topology created."""
-    client = await bus.connect(server.url, "router-waiting-tests")
-    await topology.ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 async def _set_free(nc: NatsClient, service_id: str, free: int) -> None:

@@ -7,9 +7,8 @@ publishes it, and everything the router does is read back from JetStream and KV.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -18,8 +17,8 @@ from nats.js.errors import KeyNotFoundError
 
 from haven.canonical import CS_TASK_STATUS_REASON
 from haven.eligibility.v1 import eligibility_pb2
-from haven.kit import bus, topology
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
+from haven.kit import topology
+from haven.kit.nats_server import EmbeddedNats
 from haven.kit.resources import ResourceStore
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
@@ -50,23 +49,6 @@ AFRUCA = "afruca-therapy"
 EVERYTHING = ["ictg", "afruca", "unseen-specialist-accommodation"]
 EMERGENCY = referral_pb2.URGENCY_EMERGENCY
 ALL_CONSUMERS = (CONSUMER, TASK_CONSUMER, EXPIRY_CONSUMER, CLOSURE_CONSUMER)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of the test's own."""
-    running = start_embedded_nats(tmp_path / "nats", port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def nc(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    """A client of the test's server, with the topology created."""
-    client = await bus.connect(server.url, "router-closure-tests")
-    await topology.ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 class StatusLog:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from haven.kit import bus, topology
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
+from haven.kit.nats_server import EmbeddedNats
 from haven.kit.resources import ResourceStore
 from haven.referral.v1 import referral_pb2
 from services.referral_router.capacity import CapacityLedger
@@ -27,23 +24,6 @@ from services.referral_router.testing import assessed, publish_assessed, routed_
 
 SERVICE = "afruca-therapy"
 LONDON = "E09000001"  # AFRUCA covers it (England); Rise is not eligible in these tests
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of the test's own."""
-    running = start_embedded_nats(tmp_path / "nats", port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def nc(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    """A client of the test's server, with the topology created."""
-    client = await bus.connect(server.url, "router-concurrency-tests")
-    await topology.ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 async def _free(nc: NatsClient) -> int:

@@ -7,36 +7,15 @@ empty stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from haven.kit import bus, topology
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
 from services.referral_router.lanes import LaneConsumer
 
 ROUTING = topology.BUCKET_ROUTING
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of the test's own."""
-    running = start_embedded_nats(tmp_path / "nats", port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def nc(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    """A client of the test's server, with the topology created."""
-    client = await bus.connect(server.url, "router-lane-tests")
-    await topology.ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 async def test_the_lanes_pull_hands_over_every_message_once_and_redelivers_a_nak(nc: NatsClient) -> None:

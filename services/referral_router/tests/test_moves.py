@@ -7,19 +7,16 @@ handles it in-process.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime
-from pathlib import Path
 
-import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from haven.canonical import CS_TASK_STATUS_REASON
 from haven.eligibility.v1 import eligibility_pb2
-from haven.kit import bus, topology
-from haven.kit.nats_server import EmbeddedNats, free_port, start_embedded_nats
+from haven.kit import topology
+from haven.kit.nats_server import EmbeddedNats
 from haven.kit.resources import RecordScope, ResourceStore
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
@@ -43,23 +40,6 @@ LEEDS = "E08000035"  # Barnardo's West Yorkshire and AFRUCA
 GROUPS = "barnardos-west-yorkshire-groups"
 RISE = "childrens-society-rise"
 THERAPY = referral_pb2.SERVICE_ASKED_THERAPEUTIC_SUPPORT
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of the test's own."""
-    running = start_embedded_nats(tmp_path / "nats", port=free_port())
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def nc(server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    """A client of the test's server, with the topology created."""
-    client = await bus.connect(server.url, "router-move-tests")
-    await topology.ensure_topology(client.jetstream())
-    yield client
-    await client.drain()
 
 
 def _moved(
