@@ -50,6 +50,7 @@ from nats.js import JetStreamContext
 
 from haven.canonical import TOPIC_REFERRAL_ROUTED
 from haven.kit import bus, telemetry, topology
+from haven.kit.batch import Publish, send_all
 from haven.kit.clock import Clock
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
@@ -227,10 +228,8 @@ class Deliverer:
         request = notification_pb2.NotificationRequested.FromString(msg.data)
         sequence = int(msg.metadata.sequence.stream)
         key = record_key(request.notification_id, request.subscription_id)
-        # Two reads in one round trip: the record, and the hold that keeps this lane in order.
-        record, hold = await asyncio.gather(
-            self._ledger.record(key), self._ledger.hold(request.subscription_id, request.referral_id)
-        )
+        # Two reads in one batch: the record, and the hold that keeps this lane in order.
+        record, hold = await self._ledger.record_and_hold(key, request.subscription_id, request.referral_id)
         if record.get("state") in FINAL_STATES:
             if hold is not None:
                 await self._ledger.release(
@@ -315,10 +314,10 @@ class Deliverer:
             if self._on_sent is not None:
                 self._on_sent(request.subscription_id)
             record.update(state=DELIVERED, delivered_at=self._clock().isoformat(), next_attempt_at=None)
-            settle = [
-                self._ledger.put_record(key, record, index=first_write),
-                self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_DELIVERED, status, ""),
-            ]
+            outcome = self._outcome(request, attempt, notification_pb2.DELIVERY_OUTCOME_DELIVERED, status, "")
+            # The record and the outcome event in one batch: one wait, acknowledged together.
+            writes = self._ledger.record_write(key, record, index=first_write)
+            settle: list[Awaitable[object]] = [send_all(self._js, [*writes, outcome])]
             if hold is not None:
                 # Only a hold seen at the start can be this item's to pass on: a hold is set only by
                 # an item that failed, and this lane runs one item at a time, so with none seen the
@@ -336,10 +335,10 @@ class Deliverer:
             await self._dead_letter(request, key, record, sequence, attempt, status, detail, first_write)
             return
         record.update(state=RETRYING, next_attempt_at=(now + timedelta(seconds=delay)).isoformat())
+        outcome = self._outcome(request, attempt, notification_pb2.DELIVERY_OUTCOME_RETRYING, status, detail)
         await asyncio.gather(
-            self._ledger.put_record(key, record, index=first_write),
+            send_all(self._js, [*self._ledger.record_write(key, record, index=first_write), outcome]),
             self._hold(request, sequence, now, delay),
-            self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_RETRYING, status, detail),
         )
         raise bus.RetryLater(f"delivery attempt {attempt} failed ({detail})", delay=delay)
 
@@ -444,7 +443,10 @@ class Deliverer:
         # A dead letter no longer holds its lane: later notifications go on (the receiver sees the gap
         # in event numbers), and an operator can redrive this one.
         await self._ledger.release(request.subscription_id, request.referral_id, sequence, self._clock())
-        await self._record(request, attempt, notification_pb2.DELIVERY_OUTCOME_DEAD_LETTERED, status, detail)
+        outcome = self._outcome(
+            request, attempt, notification_pb2.DELIVERY_OUTCOME_DEAD_LETTERED, status, detail
+        )
+        await send_all(self._js, [outcome])
         log_event(
             _log,
             "notification dead-lettered",
@@ -600,14 +602,15 @@ class Deliverer:
             span.set_attribute("http.response.status_code", status)
             return status, f"HTTP {status}", False
 
-    async def _record(
+    def _outcome(
         self,
         request: notification_pb2.NotificationRequested,
         attempt: int,
         outcome: notification_pb2.DeliveryOutcome.ValueType,
         status: int,
         detail: str,
-    ) -> None:
+    ) -> Publish:
+        """Return the publish of the attempt's ``NotificationDelivered``, for a batch."""
         event = notification_pb2.NotificationDelivered(
             event_id=derived_id(
                 "notification-delivered", request.notification_id, request.subscription_id, str(attempt)
@@ -621,7 +624,7 @@ class Deliverer:
             detail=detail,
             referral_id=request.referral_id,
         )
-        await bus.publish_event(self._js, topology.NOTIFICATION_DELIVERED, event, msg_id=event.event_id)
+        return bus.event_call(topology.NOTIFICATION_DELIVERED, event, msg_id=event.event_id)
 
 
 def proxy_for(endpoint: str) -> str | None:

@@ -27,6 +27,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.kit import topology
+from haven.kit.batch import KvWrite, LastValue, send_all
 from haven.kit.kv_keys import list_bucket_keys
 from services.notifier.domain.backport import SubscriptionEvent
 
@@ -48,7 +49,8 @@ def record_key(notification_id: str, subscription_id: str) -> str:
 class DeliveryLedger:
     """Reads and writes the notifier's KV state. Open one per process with ``DeliveryLedger.open``."""
 
-    def __init__(self, deliveries: KeyValue, events: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, deliveries: KeyValue, events: KeyValue) -> None:
+        self._js = js
         self._deliveries = deliveries
         self._events = events
         # Per subscription, the event counter's value and revision as this process last wrote them.
@@ -59,6 +61,7 @@ class DeliveryLedger:
     async def open(cls, js: JetStreamContext) -> DeliveryLedger:
         """Bind to the buckets (created by ``ensure_topology``)."""
         return cls(
+            js,
             await js.key_value(topology.BUCKET_DELIVERIES),
             await js.key_value(topology.BUCKET_SUBSCRIPTION_EVENTS),
         )
@@ -67,18 +70,30 @@ class DeliveryLedger:
 
     async def record(self, key: str) -> dict[str, Any]:
         """Return the delivery record, or an empty dict when there is none yet."""
-        return await _get_json(self._deliveries, key) or {}
+        [value] = await send_all(self._js, [LastValue(_DELIVERIES, key)])
+        return _loads(value) or {}
 
-    async def put_record(self, key: str, record: dict[str, Any], *, index: bool = False) -> None:
-        """Write the delivery record (and, with ``index``, its referral index entry, in parallel)."""
+    async def record_and_hold(
+        self, key: str, subscription_id: str, referral_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Return the delivery record ({} when none) and its lane's hold (None), read in one batch."""
+        record, hold = await send_all(
+            self._js,
+            [LastValue(_DELIVERIES, key), LastValue(_DELIVERIES, _hold_key(subscription_id, referral_id))],
+        )
+        return _loads(record) or {}, _loads(hold)
+
+    def record_write(self, key: str, record: dict[str, Any], *, index: bool = False) -> list[KvWrite]:
+        """Return the writes of a delivery record (and, with ``index``, its referral index entry)."""
+        writes = [KvWrite(_DELIVERIES, key, _dump(record))]
         referral_id = str(record.get("referral_id", ""))
         if index and referral_id:
-            await asyncio.gather(
-                self._deliveries.put(key, _dump(record)),
-                self._deliveries.put(f"referral.{referral_id}.{key}", b""),
-            )
-        else:
-            await self._deliveries.put(key, _dump(record))
+            writes.append(KvWrite(_DELIVERIES, f"referral.{referral_id}.{key}", b""))
+        return writes
+
+    async def put_record(self, key: str, record: dict[str, Any], *, index: bool = False) -> None:
+        """Write the delivery record (and, with ``index``, its referral index entry, in one batch)."""
+        await send_all(self._js, self.record_write(key, record, index=index))
 
     async def records_for_referral(self, referral_id: str) -> list[dict[str, Any]]:
         """Return every delivery record about one referral."""
@@ -90,7 +105,8 @@ class DeliveryLedger:
 
     async def hold(self, subscription_id: str, referral_id: str) -> dict[str, Any] | None:
         """Return the hold on a (subscription, referral) lane: the waiting message's sequence and until."""
-        return await _get_json(self._deliveries, _hold_key(subscription_id, referral_id))
+        [value] = await send_all(self._js, [LastValue(_DELIVERIES, _hold_key(subscription_id, referral_id))])
+        return _loads(value)
 
     async def set_hold(self, subscription_id: str, referral_id: str, sequence: int, until: datetime) -> None:
         """Hold later notifications of this lane back until the message at ``sequence`` is done."""
@@ -131,10 +147,8 @@ class DeliveryLedger:
     async def _put_hold(
         self, subscription_id: str, referral_id: str, sequence: int, until: float, waiting: set[int]
     ) -> None:
-        await self._deliveries.put(
-            _hold_key(subscription_id, referral_id),
-            _dump({"sequence": sequence, "until": until, "waiting": sorted(waiting)}),
-        )
+        hold = {"sequence": sequence, "until": until, "waiting": sorted(waiting)}
+        await send_all(self._js, [KvWrite(_DELIVERIES, _hold_key(subscription_id, referral_id), _dump(hold))])
 
     # Numbered events per subscription (backport).
 
@@ -191,7 +205,10 @@ class DeliveryLedger:
             occurred_at=event.occurred_at,
             payload_json=event.payload_json,
         )
-        await self._events.put(f"{subscription_id}.{number}", _dump(numbered.to_json()))
+        write = KvWrite(
+            topology.BUCKET_SUBSCRIPTION_EVENTS, f"{subscription_id}.{number}", _dump(numbered.to_json())
+        )
+        await send_all(self._js, [write])
 
     async def events_count(self, subscription_id: str) -> int:
         """Return `events-since-subscription-start`."""
@@ -205,6 +222,14 @@ class DeliveryLedger:
         """Return numbered event ``number`` of a subscription, or None."""
         data = await _get_json(self._events, f"{subscription_id}.{number}")
         return SubscriptionEvent.from_json(data) if data else None
+
+
+_DELIVERIES = topology.BUCKET_DELIVERIES
+
+
+def _loads(value: bytes | int | None) -> dict[str, Any] | None:
+    """Return a record read by ``send_all`` (its value's JSON), or None when the key holds none."""
+    return dict(orjson.loads(value)) if isinstance(value, bytes) else None
 
 
 def _hold_key(subscription_id: str, referral_id: str) -> str:

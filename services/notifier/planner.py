@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from haven.kit import bus, topology
+from haven.kit.batch import send_all
 from haven.kit.clock import Clock, system_clock
 from haven.kit.ids import derived_id
 from haven.kit.logs import log_event
@@ -252,12 +253,6 @@ class NotificationPlanner:
         )
         # The record first: a dead letter is listed only while its record says dead.
         await self._ledger.put_record(record_id, record, index=True)
-        await bus.publish_event(
-            self._js,
-            topology.NOTIFICATION_DEAD_LETTER,
-            request,
-            msg_id=derived_id("dead-letter", record_id, "0"),
-        )
         delivered = notification_pb2.NotificationDelivered(
             event_id=derived_id(
                 "notification-delivered", request.notification_id, request.subscription_id, "1"
@@ -270,8 +265,13 @@ class NotificationPlanner:
             detail=str(record["last_detail"]),
             referral_id=request.referral_id,
         )
-        await bus.publish_event(
-            self._js, topology.NOTIFICATION_DELIVERED, delivered, msg_id=delivered.event_id
+        dead_letter_id = derived_id("dead-letter", record_id, "0")
+        await send_all(
+            self._js,
+            [
+                bus.event_call(topology.NOTIFICATION_DEAD_LETTER, request, msg_id=dead_letter_id),
+                bus.event_call(topology.NOTIFICATION_DELIVERED, delivered, msg_id=delivered.event_id),
+            ],
         )
 
     async def _request_delivery(
@@ -295,13 +295,10 @@ class NotificationPlanner:
             request.channel = channel
             request.event_id = derived_id("notification-requested", notification.notification_id, key)
             published.append(request)
-        # At once: each channel's item has its own lane, and a repeat is dropped by its message id.
-        await asyncio.gather(
-            *(
-                bus.publish_event(self._js, topology.NOTIFICATION_REQUESTED, r, msg_id=r.event_id)
-                for r in published
-            )
-        )
+        # At once, in one batch: each channel's item has its own lane, and a repeat is dropped by its
+        # message id.
+        requested = topology.NOTIFICATION_REQUESTED
+        await send_all(self._js, [bus.event_call(requested, r, msg_id=r.event_id) for r in published])
         return published
 
 

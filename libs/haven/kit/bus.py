@@ -25,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from haven.kit import telemetry
+from haven.kit.batch import Publish
 from haven.kit.logs import log_event
 
 _log = logging.getLogger(__name__)
@@ -84,6 +85,20 @@ async def publish_event(
         all_headers["Nats-Msg-Id"] = msg_id
         ack = await js.publish(subject, event.SerializeToString(), headers=all_headers)
         return int(ack.seq)
+
+
+def event_call(
+    subject: str, event: Message, *, msg_id: str, headers: Mapping[str, str] | None = None
+) -> Publish:
+    """Return a protobuf event's publish as one call of a ``batch.send_all`` batch.
+
+    The same message as ``publish_event`` (de-duplication id, the current trace context), to be
+    acknowledged together with the writes it goes with; it opens no span of its own, so it belongs to
+    the caller's.
+    """
+    all_headers = telemetry.inject_headers(dict(headers or {}))
+    all_headers["Nats-Msg-Id"] = msg_id
+    return Publish(subject, event.SerializeToString(), all_headers)
 
 
 Handler = Callable[[Msg], Awaitable[None]]
