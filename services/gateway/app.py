@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from haven.kit.handles import connection_of
 from haven.kit.http_tracing import TracingMiddleware
 from services.gateway import (
     closures,
@@ -91,7 +92,7 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         """Readiness: NATS is connected and the service is not shutting down."""
-        ready = state.readiness.ready and state.js._nc.is_connected
+        ready = state.readiness.ready and connection_of(state.js).is_connected
         return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
 
     @app.get("/fhir/metadata", summary="The CapabilityStatement")

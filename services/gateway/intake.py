@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from haven.kit import bus, topology
 from haven.kit.batch import KvWrite, write_all
+from haven.kit.handles import bucket_name
 from haven.kit.ids import derived_id
 from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.logs import log_event
@@ -363,4 +364,4 @@ async def sweep_forever(
 
 def _bucket_name(bucket: KeyValue) -> str:
     # nats-py keeps a bound bucket's name only in a private attribute.
-    return str(bucket._name)
+    return bucket_name(bucket)

@@ -44,6 +44,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.kit.batch import KvWrite, send_all
+from haven.kit.handles import bucket_name, context_of
 from haven.kit.kv_follow import follow
 from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.topology import BUCKET_CAPACITY
@@ -206,14 +207,14 @@ class CapacityLedger:
         """
         since = now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         entry = KvWrite(
-            str(self._bucket._name),
+            bucket_name(self._bucket),
             _waiting_key(service_id, referral_id),
             json.dumps({"since": since}).encode(),
             create=True,
         )
         # One call through ``send_all`` (lighter than ``KeyValue.create``). Refused when the key exists or
         # existed: ``KeyValue.create`` then tells the two apart (a child that left the list may rejoin it).
-        revision = (await send_all(self._bucket._js, [entry]))[0]
+        revision = (await send_all(context_of(self._bucket), [entry]))[0]
         if not isinstance(revision, int):
             try:
                 revision = await self._bucket.create(entry.key, entry.value)
@@ -313,7 +314,7 @@ class CapacityLedger:
         and the caller gives back the place it just took, so a task never holds two.
         """
         return KvWrite(
-            str(self._bucket._name),
+            bucket_name(self._bucket),
             _reservation_key(task_id),
             _encode_reservation(service_id, False),
             create=True,

@@ -30,11 +30,11 @@ import logging
 import zlib
 from collections.abc import Callable
 
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from haven.kit import bus
+from haven.kit.handles import connection_of
 
 _log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class LaneConsumer:
     async def run(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         """Fetch and dispatch until ``stop`` is set, then let the lanes finish the messages in hand."""
         await bus.ensure_consumer(js, self._spec)
-        nc: NatsClient = js._nc
+        nc = connection_of(js)
         queues: list[asyncio.Queue[Msg | None]] = [asyncio.Queue() for _ in range(self._lanes)]
         pull = _Pull()
 

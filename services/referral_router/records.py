@@ -31,6 +31,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.kit.batch import KvWrite, LastValue, send_all, write_all
+from haven.kit.handles import bucket_name
 from haven.referral.v1 import referral_pb2
 from haven.routing.v1 import routing_pb2
 
@@ -61,7 +62,7 @@ class RoutingRecords:
     def outcome_record(self, routed: routing_pb2.ReferralRouted, trigger: str) -> KvWrite:
         """Return the write that keeps the outcome decided for this trigger (sent with ``send_all``)."""
         return KvWrite(
-            str(self._bucket._name), f"outcome.{routed.referral_id}.{trigger}", routed.SerializeToString()
+            bucket_name(self._bucket), f"outcome.{routed.referral_id}.{trigger}", routed.SerializeToString()
         )
 
     async def claim_first_sequence(self, js: JetStreamContext, referral_id: str, area: str) -> bool:
@@ -72,7 +73,7 @@ class RoutingRecords:
         has a sequence (``mark_closed`` makes one), so its late first assessment is refused here.
         Sent through ``send_all`` (a create refused gives None): lighter than ``KeyValue.create``.
         """
-        name = str(self._bucket._name)
+        name = bucket_name(self._bucket)
         write = KvWrite(name, f"sequence.{referral_id}", _sequence_value(1, area), create=True)
         return (await send_all(js, [write]))[0] is not None
 
@@ -99,7 +100,7 @@ class RoutingRecords:
 
     def area_record(self, referral_id: str, local_authority_gss: str) -> KvWrite:
         """Return the write that says which area the referral is now routed for (sent with the outcome)."""
-        return KvWrite(str(self._bucket._name), f"area.{referral_id}", local_authority_gss.encode())
+        return KvWrite(bucket_name(self._bucket), f"area.{referral_id}", local_authority_gss.encode())
 
     async def routed_area(self, referral_id: str) -> str:
         """Return the GSS code the referral was last routed for ("" when unknown or never routed).
@@ -120,7 +121,7 @@ class RoutingRecords:
         The mark first, then ``sequence.<referral>`` if the referral was never routed: an assessment
         of it handled later then fails ``claim_first_sequence`` and finds the mark on the slow path.
         """
-        name = str(self._bucket._name)
+        name = bucket_name(self._bucket)
         await write_all(
             js,
             [
@@ -135,7 +136,7 @@ class RoutingRecords:
 
     def closed_mark(self, referral_id: str) -> LastValue:
         """Return the read of the closed mark, to send with other calls (``send_all``: None if open)."""
-        return LastValue(str(self._bucket._name), f"closed.{referral_id}")
+        return LastValue(bucket_name(self._bucket), f"closed.{referral_id}")
 
     async def note_cancelled_from(self, task_id: str, status: str) -> None:
         """Keep the status a task is about to be cancelled from, for a redelivered closure."""

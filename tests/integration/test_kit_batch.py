@@ -14,6 +14,7 @@ from nats.js.errors import NoStreamResponseError
 
 from haven.kit import topology
 from haven.kit.batch import KvWrite, LastValue, Publish, send_all
+from haven.kit.handles import bucket_name, connection_of, context_of
 
 ROUTING = topology.BUCKET_ROUTING
 
@@ -59,3 +60,13 @@ async def test_a_call_left_unanswered_times_out(nc: NatsClient) -> None:
         await send_all(nc.jetstream(), [Publish("silent.responder", b"x")], timeout=0.3)
     # The connection's inbox still answers the next batch.
     assert await send_all(nc.jetstream(), [LastValue(ROUTING, "closed.none")]) == [None]
+
+
+async def test_the_handles_name_the_bucket_context_and_connection_nats_py_keeps_private(
+    nats_client: NatsClient,
+) -> None:
+    js = nats_client.jetstream()
+    bucket = await js.key_value(ROUTING)
+    assert bucket_name(bucket) == ROUTING
+    assert context_of(bucket) is js
+    assert connection_of(js) is nats_client

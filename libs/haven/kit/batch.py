@@ -29,6 +29,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 
+from haven.kit.handles import connection_of
+
 # JetStream's "wrong last sequence" codes: the key of a create was written already.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _NO_RESPONDERS = "503"
@@ -159,7 +161,7 @@ async def send_all(js: JetStreamContext, calls: Sequence[Call], timeout: float =
     """
     if not calls:
         return []
-    nc: NatsClient = js._nc
+    nc = connection_of(js)
     replies = _replies.get(nc)
     if replies is None:
         replies = _replies[nc] = _Replies(nc)

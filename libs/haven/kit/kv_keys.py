@@ -15,6 +15,8 @@ import json
 from nats.aio.client import Client as NatsClient
 from nats.js.kv import KeyValue
 
+from haven.kit.handles import bucket_name, connection_of, context_of
+
 _API_TIMEOUT_SECONDS = 5.0
 
 
@@ -25,7 +27,7 @@ class KeyListingError(RuntimeError):
 async def list_bucket_keys(bucket: KeyValue, pattern: str = ">") -> list[str]:
     """Return the keys of a bound bucket matching ``pattern``, as ``list_keys`` does."""
     # nats-py keeps a bucket's name and connection only in private attributes: read them here, once.
-    return await list_keys(bucket._js._nc, str(bucket._name), pattern)
+    return await list_keys(connection_of(context_of(bucket)), bucket_name(bucket), pattern)
 
 
 async def list_keys(nc: NatsClient, bucket: str, pattern: str = ">") -> list[str]:

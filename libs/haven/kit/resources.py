@@ -19,6 +19,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from haven.kit.batch import KvWrite
+from haven.kit.handles import bucket_name
 from haven.kit.kv_keys import list_bucket_keys
 from haven.kit.topology import BUCKET_INDEX, BUCKET_RESOURCES
 
@@ -136,12 +137,12 @@ class ResourceStore:
     def creation(self, resource: dict[str, Any], scope: RecordScope, now: datetime) -> KvWrite:
         """Return the write that ``create`` makes, for a batch (``write_all``)."""
         key = _key(resource["resourceType"], resource["id"])
-        return KvWrite(str(self._resources._name), key, _encode(resource, scope, now), create=True)
+        return KvWrite(bucket_name(self._resources), key, _encode(resource, scope, now), create=True)
 
     def index_entry(self, resource_type: str, param: str, value: str, resource_id: str) -> KvWrite:
         """Return the write that ``add_index`` makes, for a batch (``write_all``)."""
         key = f"{resource_type}.{param}.{_index_token(value)}.{resource_id}"
-        return KvWrite(str(self._index._name), key, b"")
+        return KvWrite(bucket_name(self._index), key, b"")
 
     @staticmethod
     def stored(write: KvWrite, revision: int) -> StoredResource:
