@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -114,16 +114,16 @@ class NotificationPlanner:
     async def resolve_gap(
         self, request: notification_pb2.NotificationRequested, record: dict[str, Any]
     ) -> list[str]:
-        """Plan a redriven gap for the organisations that hold its role now; return them (none: still a gap).
+        """Plan a redriven gap for the organisations that can take it now; return them (none: still a gap).
 
-        The role is resolved from what the gap record kept (the LA's GSS code), so roles found by area
-        or configuration (LA, EDT, police, ICTG site, competent authority, on-call manager) can be
-        resolved later; a task owner or referrer cannot (they are named by the event only).
+        A role gap's role is resolved from what its record kept (the LA's GSS code), so roles found by
+        area or configuration (LA, EDT, police, ICTG site, competent authority, on-call manager) can be
+        resolved later; a task owner or referrer cannot (they are named by the event only). A
+        no-channel gap is planned again for its recipient, whose channels may exist by now.
         """
-        if request.subscription_id.startswith(NO_CHANNEL_KEY_PREFIX):
-            return await self._resolve_no_channel(request, record)
+        no_channel = request.subscription_id.startswith(NO_CHANNEL_KEY_PREFIX)
         try:
-            gap = _gap_from(request, record)
+            rebuilt = _no_channel_from(request, record) if no_channel else _gap_from(request, record)
         except (KeyError, ValueError):
             log_event(
                 _log,
@@ -132,43 +132,19 @@ class NotificationPlanner:
                 notification_id=request.notification_id,
             )
             return []
+        if isinstance(rebuilt, PlannedNotification):
+            published = await self._request_delivery(rebuilt)
+            return [rebuilt.recipient_organisation_id] if published else []
         source = SourceEvent(
-            event_id=gap.source_event_id,
-            occurred_at=gap.occurred_at,
-            referral_id=gap.referral_id,
-            local_authority_gss=gap.local_authority_gss,
+            event_id=rebuilt.source_event_id,
+            occurred_at=rebuilt.occurred_at,
+            referral_id=rebuilt.referral_id,
+            local_authority_gss=rebuilt.local_authority_gss,
         )
-        organisations = resolve_role(gap.role, source, self._directory)
+        organisations = resolve_role(rebuilt.role, source, self._directory)
         for organisation_id in organisations:
-            await self._request_delivery(gap.planned_for(organisation_id))
+            await self._request_delivery(rebuilt.planned_for(organisation_id))
         return organisations
-
-    async def _resolve_no_channel(
-        self, request: notification_pb2.NotificationRequested, record: dict[str, Any]
-    ) -> list[str]:
-        """Plan a redriven no-channel dead letter for the recipient's channels now; return it, or none."""
-        occurred = request.occurred_at.ToDatetime(tzinfo=UTC)
-        try:
-            notification = PlannedNotification(
-                notification_id=request.notification_id,
-                event_type=request.event_type,
-                source_event_id=str(record.get("source_event_id", "")),
-                referral_id=request.referral_id,
-                recipient_organisation_id=request.recipient_organisation_id,
-                roles=(),
-                channel=Channel(record.get("channel", Channel.REST_HOOK)),
-                urgency=Urgency(record.get("urgency", Urgency.ROUTINE)),
-                deadline=request.due_by.ToDatetime(tzinfo=UTC) - occurred,
-                occurred_at=occurred,
-                payload=dict(json.loads(request.payload_json or b"{}")),
-            )
-        except ValueError:
-            log_event(
-                _log, "unreadable no-channel record", logging.WARNING, notification_id=request.notification_id
-            )
-            return []
-        published = await self._request_delivery(notification)
-        return [request.recipient_organisation_id] if published else []
 
     async def _record_gap(self, gap: RecipientGap) -> None:
         """Record a required role without an organisation as a dead letter operators see and can redrive."""
@@ -304,7 +280,7 @@ class NotificationPlanner:
 
 def _gap_from(request: notification_pb2.NotificationRequested, record: dict[str, Any]) -> RecipientGap:
     """Rebuild a gap from its work item (ids, payload, times) and its record (role, GSS, source event)."""
-    occurred = request.occurred_at.ToDatetime(tzinfo=UTC)
+    occurred, deadline, payload = _times_and_payload(request)
     return RecipientGap(
         notification_id=request.notification_id,
         event_type=request.event_type,
@@ -314,7 +290,39 @@ def _gap_from(request: notification_pb2.NotificationRequested, record: dict[str,
         local_authority_gss=str(record.get("local_authority_gss", "")),
         channel=Channel(record.get("channel", Channel.REST_HOOK)),
         urgency=Urgency(record.get("urgency", Urgency.ROUTINE)),
-        deadline=request.due_by.ToDatetime(tzinfo=UTC) - occurred,
+        deadline=deadline,
         occurred_at=occurred,
-        payload=dict(json.loads(request.payload_json or b"{}")),
+        payload=payload,
+    )
+
+
+def _no_channel_from(
+    request: notification_pb2.NotificationRequested, record: dict[str, Any]
+) -> PlannedNotification:
+    """Rebuild a no-channel gap's notification from its work item and its record (channel, urgency)."""
+    occurred, deadline, payload = _times_and_payload(request)
+    return PlannedNotification(
+        notification_id=request.notification_id,
+        event_type=request.event_type,
+        source_event_id=str(record.get("source_event_id", "")),
+        referral_id=request.referral_id,
+        recipient_organisation_id=request.recipient_organisation_id,
+        roles=(),
+        channel=Channel(record.get("channel", Channel.REST_HOOK)),
+        urgency=Urgency(record.get("urgency", Urgency.ROUTINE)),
+        deadline=deadline,
+        occurred_at=occurred,
+        payload=payload,
+    )
+
+
+def _times_and_payload(
+    request: notification_pb2.NotificationRequested,
+) -> tuple[datetime, timedelta, dict[str, Any]]:
+    """Return a work item's event time, its deadline from then, and its projected payload."""
+    occurred = request.occurred_at.ToDatetime(tzinfo=UTC)
+    return (
+        occurred,
+        request.due_by.ToDatetime(tzinfo=UTC) - occurred,
+        dict(json.loads(request.payload_json or b"{}")),
     )
