@@ -15,23 +15,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 
-import httpx
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from haven.kit import bus, topology
-from haven.kit.clock import system_clock
 from haven.notification.v1 import notification_pb2
-from services.notifier.deliverer import Deliverer, delivery_consumer
-from services.notifier.domain.delivery import EndpointBreakers, RetrySchedule
-from services.notifier.lanes import LaneRunner
 from services.notifier.ledger import DeliveryLedger, record_key
 from services.notifier.mailer import Mailer
 from services.notifier.operations import dead_letters, redrive
-from services.notifier.subscriptions import SubscriptionCache
+from tests.support.notifier_runtime import running_notifier
 from tests.support.receivers import HttpReceiver, ReceivedRequest
 
 SECRET = "s" * 40
@@ -93,33 +87,10 @@ async def notifier(
     breaker: tuple[int, float] = (5, 30.0),
     mailer: Mailer | None = None,
 ) -> AsyncIterator[None]:
-    """Run the delivery side of the notifier in this process with its own durable consumer."""
+    """Run the delivery side of the notifier in this process on an empty work-item stream."""
     await js.purge_stream("HAVEN_NOTIFICATIONS")
-    retry = RetrySchedule.parse(schedule)
-    subscriptions = SubscriptionCache(js)
-    await subscriptions.start()
-    async with httpx.AsyncClient(timeout=1.0) as http:
-        deliverer = Deliverer(
-            js,
-            await DeliveryLedger.open(js),
-            subscriptions,
-            http,
-            retry,
-            EndpointBreakers(*breaker),
-            system_clock,
-            mailer=mailer,
-        )
-        spec = replace(delivery_consumer(retry), durable=f"test-delivery-{uuid.uuid4().hex[:8]}")
-        stop = asyncio.Event()
-        lanes = LaneRunner(spec, deliverer.handle, parked_for=deliverer.parked_for)
-        task = asyncio.create_task(lanes.run(js, stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-            await deliverer.aclose()
-            await subscriptions.stop()
+    async with running_notifier(js, schedule=schedule, breaker=breaker, mailer=mailer, webhook_timeout=1.0):
+        yield
 
 
 async def subscribe(js: JetStreamContext, endpoint: str) -> str:

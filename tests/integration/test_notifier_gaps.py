@@ -12,25 +12,19 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import replace
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 
-import httpx
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from haven.kit import topology
-from haven.kit.clock import system_clock
-from services.notifier.deliverer import Deliverer, delivery_consumer
 from services.notifier.domain import RecipientDirectory, SourceEvent, notification_id
-from services.notifier.domain.delivery import EndpointBreakers, RetrySchedule
-from services.notifier.lanes import LaneRunner
 from services.notifier.ledger import DeliveryLedger
 from services.notifier.operations import DeadLetter, dead_letters, redrive
 from services.notifier.planner import NotificationPlanner
-from services.notifier.subscriptions import SubscriptionCache
+from tests.support.notifier_runtime import running_notifier
 from tests.support.receivers import HttpReceiver
 
 GSS = "E08000003"
@@ -56,34 +50,11 @@ async def subscribe(js: JetStreamContext, organisation_id: str, endpoint: str) -
     return subscription_id
 
 
-@asynccontextmanager
-async def notifier(js: JetStreamContext, directory: RecipientDirectory) -> AsyncIterator[NotificationPlanner]:
+def notifier(
+    js: JetStreamContext, directory: RecipientDirectory
+) -> AbstractAsyncContextManager[NotificationPlanner]:
     """Run a notifier's planner and delivery side with this directory (its configuration)."""
-    subscriptions = SubscriptionCache(js)
-    await subscriptions.start()
-    planner = NotificationPlanner(js, subscriptions, directory)
-    retry = RetrySchedule.parse("100ms")
-    async with httpx.AsyncClient(timeout=2.0) as http:
-        deliverer = Deliverer(
-            js,
-            await DeliveryLedger.open(js),
-            subscriptions,
-            http,
-            retry,
-            EndpointBreakers(5, 30.0),
-            system_clock,
-            resolve_gap=planner.resolve_gap,
-        )
-        spec = replace(delivery_consumer(retry), durable=f"test-gaps-{uuid.uuid4().hex[:8]}")
-        stop = asyncio.Event()
-        task = asyncio.create_task(LaneRunner(spec, deliverer.handle).run(js, stop))
-        try:
-            yield planner
-        finally:
-            stop.set()
-            await task
-            await deliverer.aclose()
-            await subscriptions.stop()
+    return running_notifier(js, directory=directory)
 
 
 async def role_gaps(js: JetStreamContext) -> list[DeadLetter]:

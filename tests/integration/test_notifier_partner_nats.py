@@ -14,20 +14,17 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from haven.kit import bus
-from haven.kit.clock import system_clock
 from haven.kit.nats_server import EmbeddedNats, NatsUser, free_port, start_embedded_nats
 from haven.kit.topology import (
     PARTNER_STREAM,
@@ -38,13 +35,11 @@ from haven.kit.topology import (
 )
 from haven.routing.v1 import routing_pb2
 from haven.system import nats_signing_secrets, nats_users
-from services.notifier.deliverer import Deliverer, PartnerNats, delivery_consumer, nats_key
-from services.notifier.domain import RecipientDirectory, load_policies, notification_id
-from services.notifier.domain.delivery import EndpointBreakers, RetrySchedule
-from services.notifier.lanes import LaneRunner
+from services.notifier.deliverer import PartnerNats, nats_key
+from services.notifier.domain import load_policies, notification_id
 from services.notifier.ledger import DeliveryLedger, record_key
 from services.notifier.planner import NotificationPlanner
-from services.notifier.subscriptions import SubscriptionCache
+from tests.support.notifier_runtime import running_notifier
 
 MANCHESTER, LEEDS = "E08000003", "E08000035"
 LA_MANCHESTER, LA_LEEDS = "demo-la-manchester", "demo-la-leeds"
@@ -83,33 +78,9 @@ def verify(header: str, body: bytes, secret: str) -> bool:
     return any(hmac.compare_digest(expected, v) for k, _, v in parts if k == "v1")
 
 
-@asynccontextmanager
-async def notifier(js: JetStreamContext, partners: PartnerNats) -> AsyncIterator[NotificationPlanner]:
-    subscriptions = SubscriptionCache(js)
-    await subscriptions.start()
-    planner = NotificationPlanner(js, subscriptions, RecipientDirectory(), partners=partners)
-    retry = RetrySchedule.parse("100ms")
-    async with httpx.AsyncClient(timeout=2.0) as http:
-        deliverer = Deliverer(
-            js,
-            await DeliveryLedger.open(js),
-            subscriptions,
-            http,
-            retry,
-            EndpointBreakers(5, 30.0),
-            system_clock,
-            partners=partners,
-        )
-        spec = replace(delivery_consumer(retry), durable=f"test-partner-{uuid.uuid4().hex[:8]}")
-        stop = asyncio.Event()
-        task = asyncio.create_task(LaneRunner(spec, deliverer.handle).run(js, stop))
-        try:
-            yield planner
-        finally:
-            stop.set()
-            await task
-            await deliverer.aclose()
-            await subscriptions.stop()
+def notifier(js: JetStreamContext, partners: PartnerNats) -> AbstractAsyncContextManager[NotificationPlanner]:
+    """Run a notifier's planner and delivery side with the LA platforms on NATS."""
+    return running_notifier(js, partners=partners)
 
 
 def routed(gss: str) -> routing_pb2.ReferralRouted:
