@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from haven.eligibility.v1 import eligibility_pb2, eligibility_pb2_grpc
 from haven.kit import bus, topology
@@ -36,8 +34,8 @@ from services.eligibility.domain.schedule import planned_reassessments
 from services.eligibility.scheduler import SCHEDULE_STREAM, schedule_subject
 from services.eligibility.service import run
 from services.eligibility.settings import EligibilitySettings
+from tests.support.jetstream_probes import eventually, stored_messages
 
-T = TypeVar("T")
 SCHEDULE_PREFIX = topology.REASSESSMENT_SCHEDULE_PREFIX
 
 
@@ -71,42 +69,10 @@ def _facts(born: str, *, enrolled_on: str = "", **changes: object) -> pb.Referra
     return facts
 
 
-async def _eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def _stream_messages(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    """Return every message stored on `subject` (an ephemeral consumer; nothing is acknowledged)."""
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=subject,
-        inactive_threshold=5,
-    )
-    subscription = await js.pull_subscribe(subject, stream=stream, config=config)
-    found: list[bytes] = []
-    try:
-        while True:
-            try:
-                batch = await subscription.fetch(256, timeout=0.3)
-            except (TimeoutError, FetchTimeoutError):
-                return found
-            found.extend(m.data for m in batch)
-    finally:
-        await subscription.unsubscribe()
-
-
 async def _assessed(js: JetStreamContext, referral_id: str) -> list[eligibility_pb2.EligibilityAssessed]:
     events = [
         eligibility_pb2.EligibilityAssessed.FromString(data)
-        for data in await _stream_messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_ASSESSED)
+        for data in await stored_messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_ASSESSED)
     ]
     return [e for e in events if e.referral_id == referral_id]
 
@@ -138,7 +104,7 @@ async def eligibility_service(
         **settings,  # type: ignore[arg-type]
     )
     task = asyncio.create_task(run(ctx, config, clock))
-    await _eventually(lambda: _ready(ctx, task))
+    await eventually(lambda: _ready(ctx, task))
     try:
         yield
     finally:
@@ -158,14 +124,14 @@ async def test_new_facts_are_assessed_at_once_and_only_changes_are_announced(nat
     facts = _facts("2011-05-01")
     async with eligibility_service(nats_client, MovedClock(datetime.now(UTC))):
         await _receive(js, referral_id, facts)
-        first = await _eventually(lambda: _nth_event(js, referral_id, 1))
+        first = await eventually(lambda: _nth_event(js, referral_id, 1))
         assert first.trigger == eligibility_pb2.TRIGGER_REFERRAL_RECEIVED
 
         nrm = pb.ReferralFacts()
         nrm.CopyFrom(facts)
         nrm.nrm_status, nrm.nrm_decision_date = pb.NRM_STATUS_RG_POSITIVE, "2026-11-20"
         await _update(js, referral_id, nrm)
-        second = await _eventually(lambda: _nth_event(js, referral_id, 2))
+        second = await eventually(lambda: _nth_event(js, referral_id, 2))
         assert second.trigger == eligibility_pb2.TRIGGER_FACTS_UPDATED
         assert second.facts == nrm
         assert "afruca" in second.changed_programmes  # "needs NRM status" is no longer missing
@@ -178,13 +144,13 @@ async def test_new_facts_are_assessed_at_once_and_only_changes_are_announced(nat
         quiet.exploitation_types.append(pb.EXPLOITATION_TYPE_CRIMINAL)
         assert _expected_changes(nrm, quiet) == []
         await _update(js, referral_id, quiet)
-        await _eventually(lambda: _stored_facts_are(js, referral_id, quiet))
+        await eventually(lambda: _stored_facts_are(js, referral_id, quiet))
         assert len(await _assessed(js, referral_id)) == 2
 
         # The same referral received again (a redelivery) changes nothing either.
         await _receive(js, referral_id, facts)
         await _update(js, referral_id, quiet)
-        await _eventually(lambda: _no_pending(js, "HAVEN_REFERRALS", "eligibility"))
+        await eventually(lambda: _no_pending(js, "HAVEN_REFERRALS", "eligibility"))
         assert len(await _assessed(js, referral_id)) == 2
 
 
@@ -244,7 +210,7 @@ async def test_schedules_follow_the_latest_plan_one_per_referral_and_reason(nats
             "pre-exit-30",
             "pre-exit-7",
         }
-        await _eventually(lambda: _schedules_are(js, referral_id, expected))
+        await eventually(lambda: _schedules_are(js, referral_id, expected))
         first_header = await _schedule_header(js, f"{SCHEDULE_PREFIX}.{referral_id}.pre-exit-7.ictg")
         assert abs(_at(first_header) - _wall(today, datetime(2027, 2, 22, 0, 1, tzinfo=UTC))) < timedelta(
             seconds=3
@@ -257,7 +223,7 @@ async def test_schedules_follow_the_latest_plan_one_per_referral_and_reason(nats
             pb.DateOfBirthStatement(date="2009-04-01", basis=pb.DATE_OF_BIRTH_BASIS_ASSESSED)
         )
         await _update(js, referral_id, assessed)
-        await _eventually(
+        await eventually(
             lambda: _header_changed(js, f"{SCHEDULE_PREFIX}.{referral_id}.pre-exit-7.ictg", first_header)
         )
         assert await _schedules(js, referral_id) == dict.fromkeys(expected, 1)
@@ -269,7 +235,7 @@ async def test_schedules_follow_the_latest_plan_one_per_referral_and_reason(nats
         left.CopyFrom(assessed)
         del left.enrolments[:]
         await _update(js, referral_id, left)
-        await _eventually(
+        await eventually(
             lambda: _schedules_are(js, referral_id, {f"{SCHEDULE_PREFIX}.{referral_id}.next-change"})
         )
 
@@ -354,7 +320,7 @@ async def test_a_schedule_survives_restarts_and_fires_once_on_its_date(
     await ensure_topology(client.jetstream())
     async with eligibility_service(client, clock, eligibility_reassess_after_midnight_seconds=0):
         await _receive(client.jetstream(), referral_id, facts)
-        await _eventually(lambda: _schedules_are(client.jetstream(), referral_id, {subject}))
+        await eventually(lambda: _schedules_are(client.jetstream(), referral_id, {subject}))
     await client.drain()
 
     # The server and the service both go down and come back before the date.
@@ -365,7 +331,7 @@ async def test_a_schedule_survives_restarts_and_fires_once_on_its_date(
     js = client.jetstream()
     assert await _schedules(js, referral_id) == {subject: 1}, "the schedule outlived the restart"
     async with eligibility_service(client, clock):
-        scheduled = await _eventually(
+        scheduled = await eventually(
             lambda: _nth_event(js, referral_id, 2), timeout=lead.total_seconds() + 10
         )
         assert clock().date() == due
@@ -375,12 +341,12 @@ async def test_a_schedule_survives_restarts_and_fires_once_on_its_date(
         ictg = next(d for d in scheduled.decisions if d.programme_id == "ictg")
         assert ictg.outcome == eligibility_pb2.OUTCOME_INELIGIBLE
         # Fired once: the server purged the schedule, and the one ReassessmentDue was handled once.
-        fired = await _stream_messages(js, SCHEDULE_STREAM, topology.REASSESSMENT_DUE)
+        fired = await stored_messages(js, SCHEDULE_STREAM, topology.REASSESSMENT_DUE)
         dues = [eligibility_pb2.ReassessmentDue.FromString(m) for m in fired]
         assert [(d.due_on, d.reason) for d in dues if d.referral_id == referral_id] == [
             (due.isoformat(), "next-change")
         ]
-        await _eventually(lambda: _no_pending(js, SCHEDULE_STREAM, "eligibility-reassessment"))
+        await eventually(lambda: _no_pending(js, SCHEDULE_STREAM, "eligibility-reassessment"))
         assert len(await _assessed(js, referral_id)) == 2
         if subject in await _schedules(js, referral_id):  # the change after this one, never this one again
             later = await js.get_last_msg(SCHEDULE_STREAM, subject)

@@ -8,20 +8,16 @@ these tests do not depend on the intake path's own machinery.
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import topology
@@ -38,8 +34,8 @@ from services.referral_router.tasks import task_resource, task_scope
 from tests.integration.test_eligibility_service import eligibility_service
 from tests.support.client import example
 from tests.support.clock import MovableClock
+from tests.support.jetstream_probes import eventually, stored_messages
 
-T = TypeVar("T")
 NOW = datetime(2026, 11, 23, 21, 30, tzinfo=UTC)
 MANCHESTER, LEEDS = "E08000003", "E08000035"
 POLICE = bearer("demo-police", "referrer", NOW)
@@ -118,40 +114,10 @@ def move(referral_id: str, gss: str) -> dict[str, Any]:
     return observation
 
 
-async def _eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def _messages(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=subject,
-        inactive_threshold=5,
-    )
-    subscription = await js.pull_subscribe(subject, stream=stream, config=config)
-    found: list[bytes] = []
-    try:
-        while True:
-            try:
-                found.extend(m.data for m in await subscription.fetch(256, timeout=0.3))
-            except (TimeoutError, FetchTimeoutError):
-                return found
-    finally:
-        await subscription.unsubscribe()
-
-
 async def _assessed_in(
     js: JetStreamContext, referral_id: str, gss: str
 ) -> eligibility_pb2.EligibilityAssessed | None:
-    for data in await _messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_ASSESSED):
+    for data in await stored_messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_ASSESSED):
         event = eligibility_pb2.EligibilityAssessed.FromString(data)
         if event.referral_id == referral_id and event.facts.local_authority_gss == gss:
             return event
@@ -183,7 +149,7 @@ async def test_a_move_re_scopes_the_records_and_is_re_assessed(
 ) -> None:
     js = nats_client.jetstream()
     referral = await take_in(nats_client)
-    await _eventually(lambda: _assessed_in(js, referral.referral_id, MANCHESTER))
+    await eventually(lambda: _assessed_in(js, referral.referral_id, MANCHESTER))
     records = [
         f"/fhir/ServiceRequest/{referral.referral_id}",
         f"/fhir/Patient/{referral.patient_id}",
@@ -199,11 +165,11 @@ async def test_a_move_re_scopes_the_records_and_is_re_assessed(
 
     assert posted.status_code == 201, posted.text
     # Re-assessed: the eligibility service announces the new area even though no decision changed.
-    assessed = await _eventually(lambda: _assessed_in(js, referral.referral_id, LEEDS))
+    assessed = await eventually(lambda: _assessed_in(js, referral.referral_id, LEEDS))
     assert assessed.trigger == eligibility_pb2.TRIGGER_FACTS_UPDATED
     updates = [
         pb.ReferralFactsUpdated.FromString(m)
-        for m in await _messages(js, "HAVEN_REFERRALS", topology.REFERRAL_FACTS_UPDATED)
+        for m in await stored_messages(js, "HAVEN_REFERRALS", topology.REFERRAL_FACTS_UPDATED)
     ]
     [update] = [u for u in updates if u.referral_id == referral.referral_id]
     assert (update.facts.local_authority_gss, list(update.changed_facts)) == (LEEDS, ["local_authority_gss"])
@@ -304,7 +270,7 @@ async def test_the_responsible_la_closes_a_referral(
     js = nats_client.jetstream()
     referral = await take_in(nats_client)
     path = f"/fhir/ServiceRequest/{referral.referral_id}"
-    await _eventually(lambda: _has_schedules(js, referral.referral_id, True))
+    await eventually(lambda: _has_schedules(js, referral.referral_id, True))
     read = await client.get(path, headers=MANCHESTER_LA)
     request, etag = read.json(), read.headers["etag"]
     closing = {**request, "status": "revoked", "note": [{"text": "the child returned home"}]}
@@ -338,7 +304,7 @@ async def test_the_responsible_la_closes_a_referral(
     assert closed.headers["etag"] == f'W/"{closed.json()["meta"]["versionId"]}"'
     events = [
         pb.ReferralClosed.FromString(m)
-        for m in await _messages(js, "HAVEN_REFERRALS", topology.REFERRAL_CLOSED)
+        for m in await stored_messages(js, "HAVEN_REFERRALS", topology.REFERRAL_CLOSED)
     ]
     [event] = [e for e in events if e.referral_id == referral.referral_id]
     assert (event.closure, event.local_authority_gss, event.closed_by_organisation_id) == (
@@ -348,7 +314,7 @@ async def test_the_responsible_la_closes_a_referral(
     )
     assert event.referrer_organisation_id == "demo-police"
     # The eligibility service cancels its re-assessments.
-    await _eventually(lambda: _has_schedules(js, referral.referral_id, False))
+    await eventually(lambda: _has_schedules(js, referral.referral_id, False))
     # Closed stays closed, and takes no new facts.
     twice = await client.put(
         path, headers={**MANCHESTER_LA, "If-Match": closed.headers["etag"]}, json=closing

@@ -7,8 +7,6 @@ the others publish the ``ReassessmentDue`` a fired schedule would carry, as the 
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
@@ -17,8 +15,7 @@ from typing import TypeVar
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
@@ -30,6 +27,7 @@ from services.eligibility.service import closed_key
 from tests.conftest import nats_client, nats_server  # noqa: F401  (the real server these tests use)
 from tests.integration.test_eligibility_service import MovedClock, eligibility_service
 from tests.support.clock import MovableClock
+from tests.support.jetstream_probes import eventually, stored_messages
 
 T = TypeVar("T")
 BIRTHDAY_18 = date(2027, 3, 1)  # of a child born 2009-03-01
@@ -55,40 +53,14 @@ def _facts(*, assessed_born: str = "") -> pb.ReferralFacts:
 
 
 async def _eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await probe()
-        if found is not None:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def _messages(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    """Return every message stored on `subject` (an ephemeral consumer; nothing is acknowledged)."""
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=subject,
-        inactive_threshold=5,
-    )
-    subscription = await js.pull_subscribe(subject, stream=stream, config=config)
-    found: list[bytes] = []
-    try:
-        while True:
-            try:
-                found.extend(m.data for m in await subscription.fetch(256, timeout=0.3))
-            except (TimeoutError, FetchTimeoutError):
-                return found
-    finally:
-        await subscription.unsubscribe()
+    """``eventually`` with this module's longer default wait (schedules fire through the server)."""
+    return await eventually(probe, timeout)
 
 
 async def _alerts(js: JetStreamContext, referral_id: str) -> list[eligibility_pb2.ExitApproaching]:
     events = [
         eligibility_pb2.ExitApproaching.FromString(data)
-        for data in await _messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_EXIT_APPROACHING)
+        for data in await stored_messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_EXIT_APPROACHING)
     ]
     return [e for e in events if e.referral_id == referral_id]
 
@@ -96,7 +68,7 @@ async def _alerts(js: JetStreamContext, referral_id: str) -> list[eligibility_pb
 async def _assessed(js: JetStreamContext, referral_id: str) -> list[eligibility_pb2.EligibilityAssessed]:
     events = [
         eligibility_pb2.EligibilityAssessed.FromString(data)
-        for data in await _messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_ASSESSED)
+        for data in await stored_messages(js, "HAVEN_ELIGIBILITY", topology.ELIGIBILITY_ASSESSED)
     ]
     return [e for e in events if e.referral_id == referral_id]
 
