@@ -7,7 +7,10 @@ servers and the ratio is the servers' own).
 1. At fixed arrival rates (open loop: a request starts on schedule whatever the answers), the p50
    and p99 latency of the 201, for the gateway (token check, FHIR validation, KV writes, JetStream
    publish, audit) and for a bare endpoint that only parses the JSON body. The ratio is the cost of
-   the gateway's work.
+   the gateway's work. The client processes share one schedule, each taking its turn, so requests
+   arrive evenly spaced at the rate (until November 2026 each process started its own schedule at
+   the same moment, so "100/s" arrived as 50 pairs a second, the second of each pair queued behind
+   the first); each process opens its connections before the clock starts.
 2. Accepted referrals per second with 32 requests in flight (closed loop), and at each fixed rate.
 3. CPU per accepted referral during the closed loop, of the server process and of nats-server: the
    figure that moves least when other work shares the machine (latencies and rates move a lot).
@@ -40,9 +43,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 RATES = (100, 300)
-SECONDS_PER_RATE = 3.0
+# Long enough for the p99 to rest on several hundred answers at the lower rate.
+SECONDS_PER_RATE = 6.0
 THROUGHPUT_SECONDS = 4.0
 IN_FLIGHT = 32
+# Connections each client process opens before an open-loop phase (more only if all are busy).
+_OPEN_LOOP_CONNECTIONS = 4
+# Time for the client processes to start and connect before their shared schedule begins.
+_SCHEDULE_LEAD_SECONDS = 0.5
 # Load generators: separate processes, so the client's own CPU is not what limits the comparison.
 CLIENT_PROCESSES = 2
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +78,7 @@ def _serve(kind: str, port: int, nats_url: str) -> None:
         return
 
     from haven.kit import bus
+    from haven.kit.lifecycle import tune_garbage_collector
     from haven.kit.topology import ensure_topology
     from services.gateway.testing import in_process_app
 
@@ -84,6 +93,9 @@ def _serve(kind: str, port: int, nats_url: str) -> None:
         )
         await server.serve()
 
+    # As the service's own start does (lifecycle.start): without it the collector's pauses, not the
+    # gateway's work, were most of the tail at 300/s.
+    tune_garbage_collector()
     uvloop.run(run())
 
 
@@ -192,12 +204,18 @@ def _request_head(headers: dict[str, str]) -> bytes:
 
 
 async def _open_loop_one(
-    port: int, head: bytes, bodies: list[bytes], rate: float, seconds: float
+    port: int, head: bytes, bodies: list[bytes], rate: float, seconds: float, start_at: float
 ) -> tuple[list[float], int, float]:
-    """Start requests on schedule (open loop) whatever the answers; a new connection when all are busy."""
+    """Start requests on schedule (open loop) whatever the answers; a new connection when all are busy.
+
+    The schedule begins at ``start_at`` on the system-wide monotonic clock, which every client process
+    reads alike, so processes given start times a fraction of an interval apart interleave evenly.
+    """
     latencies: list[float] = []
     failures = 0
-    idle: list[_Connection] = []
+    # Opened before the clock starts: a connection opened on the first requests' time is not the
+    # server's latency. More are opened only if all of these are busy.
+    idle = [await _Connection.open(port) for _ in range(_OPEN_LOOP_CONNECTIONS)]
 
     async def one(body: bytes) -> None:
         nonlocal failures
@@ -215,10 +233,10 @@ async def _open_loop_one(
             failures += 1
         idle.append(connection)
 
-    begin = time.perf_counter()
+    begin = start_at
     pending = []
     for i in range(int(rate * seconds)):
-        delay = begin + i / rate - time.perf_counter()
+        delay = begin + i / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         pending.append(asyncio.create_task(one(bodies[i % len(bodies)])))
@@ -227,7 +245,7 @@ async def _open_loop_one(
         connection.close()
     # Accepted per second over the time the answers really took: a server that falls behind the
     # arrival rate finishes late, and its rate must show it.
-    return latencies, failures, time.perf_counter() - begin
+    return latencies, failures, time.monotonic() - begin
 
 
 async def _closed_loop_one(
@@ -256,11 +274,18 @@ async def _closed_loop_one(
     return accepted
 
 
-def _client_process(job: tuple[str, int, bytes, list[bytes], float, float]) -> tuple[list[float], int, float]:
-    """One load-generator process: ("open", port, head, bodies, rate, seconds) or ("closed", ..., n, s)."""
-    kind, port, head, bodies, a, seconds = job
+_Job = tuple[str, int, bytes, list[bytes], float, float, float]
+
+
+def _client_process(job: _Job) -> tuple[list[float], int, float]:
+    """Run one load-generator process's share of a phase and return its latencies and counts.
+
+    ``job`` is ("open", port, head, bodies, rate, seconds, start_at) or ("closed", port, head, bodies,
+    in_flight, seconds, 0).
+    """
+    kind, port, head, bodies, a, seconds, start_at = job
     if kind == "open":
-        return asyncio.run(_open_loop_one(port, head, bodies, a, seconds))
+        return asyncio.run(_open_loop_one(port, head, bodies, a, seconds, start_at))
     return [], asyncio.run(_closed_loop_one(port, head, bodies, int(a), seconds)), seconds
 
 
@@ -269,7 +294,12 @@ def _open_loop(
 ) -> dict[str, float]:
     """Spread the arrival rate over the client processes; merge their latencies."""
     share = [bodies[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
-    jobs = [("open", port, head, share[i], rate / CLIENT_PROCESSES, seconds) for i in range(CLIENT_PROCESSES)]
+    # Process i sends the i-th, (i + n)-th, ... request of one schedule: arrivals 1/rate apart.
+    start_at = time.monotonic() + _SCHEDULE_LEAD_SECONDS
+    jobs: list[_Job] = [
+        ("open", port, head, share[i], rate / CLIENT_PROCESSES, seconds, start_at + i / rate)
+        for i in range(CLIENT_PROCESSES)
+    ]
     latencies: list[float] = []
     failures = 0
     elapsed = seconds
@@ -288,7 +318,9 @@ def _open_loop(
 def _closed_loop(pool: ProcessPool, port: int, head: bytes, bodies: list[bytes], seconds: float) -> float:
     share = [bodies[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
     per_process = IN_FLIGHT // CLIENT_PROCESSES
-    jobs = [("closed", port, head, share[i], float(per_process), seconds) for i in range(CLIENT_PROCESSES)]
+    jobs: list[_Job] = [
+        ("closed", port, head, share[i], float(per_process), seconds, 0.0) for i in range(CLIENT_PROCESSES)
+    ]
     return sum(accepted for _, accepted, _ in pool.map(_client_process, jobs)) / seconds
 
 

@@ -8,7 +8,6 @@ interaction records (the event, its stored copy and ``entity`` index entries) fo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import Request
-from nats.js import JetStreamContext
 
 from haven.kit import topology
-from haven.kit.batch import KvWrite, write_all
+from haven.kit.batch import KvWrite, Publish, send_all
 from haven.kit.resources import RecordScope
 from services.gateway.security.audit import audit_event
 from services.gateway.security.principal import Principal
@@ -35,12 +33,12 @@ class AuditRecord:
     event: dict[str, Any]
     writes: tuple[KvWrite, ...]
 
-    async def publish(self, js: JetStreamContext) -> None:
-        """Publish the event on HAVEN_AUDIT; its id is the ``Nats-Msg-Id``, so a repeat is dropped."""
-        await js.publish(
+    def publish_call(self) -> Publish:
+        """Return the publish of the event on HAVEN_AUDIT, for a batch (its id is its Nats-Msg-Id)."""
+        return Publish(
             topology.AUDIT_RECORDED,
             json.dumps(self.event, separators=(",", ":")).encode(),
-            headers={"Nats-Msg-Id": str(self.event["id"])},
+            {"Nats-Msg-Id": str(self.event["id"])},
         )
 
 
@@ -128,7 +126,7 @@ async def record_audit(
         outcome=outcome,
         patient=patient,
     )
-    await asyncio.gather(record.publish(state.js), write_all(state.js, record.writes))
+    await send_all(state.js, [record.publish_call(), *record.writes])
 
 
 def patient_of(resource: dict[str, Any]) -> str | None:

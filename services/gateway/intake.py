@@ -3,17 +3,24 @@
 A referral is one transaction of many KV writes and two publishes. To leave nothing half done when
 the process dies between them, the whole of it (resources, facts, scope, the referrer, the request's
 idempotency keys) is first written as one *intake record* (``intake.<referral id>`` in the
-idempotency bucket). ``complete`` then does every write, each one idempotent, in three stages:
+idempotency bucket). Then come every write, each one idempotent, in three stages:
 
-1. the resources, the referral's facts and its possible-duplicate links (ids nobody has been given);
+1. the resources, the referral's facts and its possible-duplicate match keys (ids nobody has been
+   given);
 2. ``ReferralReceived`` (``Nats-Msg-Id`` is its derived event id, so a repeat is dropped);
 3. the search index entries and the AuditEvent: only now can anyone find the referral by searching.
 
-Only when all three are acknowledged is the referrer answered 201; then the record is purged.
+``store`` sends the record and the three stages as one batch, in that order on one connection, and
+waits once (ADR 13): a death part way leaves a prefix of it, the same states a death between stages
+leaves. ``complete`` sends the stages one after another, each acknowledged before the next; it
+finishes a referral a dead request left, and a batch that failed. The possible-duplicate Flags come
+after the stages, once the match keys' outcomes are known.
+
+Only when all of it is acknowledged is the referrer answered 201; then the record is purged.
 A record still there later belongs to a request that died: ``sweep`` (at start and periodically)
-completes it the same way, and ``complete_stale_claim`` lets a retry of the same ``X-Request-ID``
-finish it at once and get its answer. So a referral whose record was written is never lost and
-never half visible, and one whose record was not written left nothing behind.
+completes it, and ``complete_stale_claim`` lets a retry of the same ``X-Request-ID`` finish it at
+once and get its answer. So a referral whose record was written is never lost and never half
+visible, and one whose record was not written left nothing behind.
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NoReturn
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from haven.kit import bus, topology
-from haven.kit.batch import KvWrite, write_all
+from haven.kit.batch import Answer, Call, KvWrite, Publish, send_all, write_all
 from haven.kit.handles import bucket_name
 from haven.kit.ids import derived_id
 from haven.kit.kv_keys import list_bucket_keys
@@ -137,45 +144,75 @@ class Intake:
         )
 
 
+def _record_write(state: GatewayState, intake: Intake) -> KvWrite:
+    """Return the write of the intake record: a create, since referral ids are fresh UUIDs."""
+    return KvWrite(_bucket_name(state.idempotency), intake.key, intake.to_json(), create=True)
+
+
 async def begin(state: GatewayState, intake: Intake) -> None:
     """Write the intake record: from here on the referral is completed, by this request or the sweeper."""
-    [revision] = await write_all(
-        state.js, [KvWrite(_bucket_name(state.idempotency), intake.key, intake.to_json(), create=True)]
-    )
+    [revision] = await write_all(state.js, [_record_write(state, intake)])
     if revision is None:
-        # Referral ids are fresh UUIDs: a record already there is a bug, never a reason to overwrite.
-        raise RuntimeError(f"intake record {intake.key} exists already")
+        _record_exists(intake)
 
 
-async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
-    """Do every write of the referral (each idempotent: safe to repeat) and return the 201 answer."""
+def _record_exists(intake: Intake) -> NoReturn:
+    # Referral ids are fresh UUIDs: a record already there is a bug, never a reason to overwrite.
+    raise RuntimeError(f"intake record {intake.key} exists already")
+
+
+@dataclass(frozen=True)
+class _Writes:
+    """Every write of one referral after its intake record, grouped by the stage that sends it.
+
+    ``stored``: the resources, then the facts, then the possible-duplicate match keys; ``announced``:
+    ``ReferralReceived``; ``searchable``: the search index entries, the stored AuditEvent and its
+    publish. Every one is idempotent (creates, a de-duplicated publish, index entries rewritten the
+    same), so a repeat after a death leaves everything as one pass would.
+    """
+
+    resources: tuple[KvWrite, ...]
+    stored: tuple[KvWrite, ...]
+    announced: Publish
+    searchable: tuple[Call, ...]
+
+    @property
+    def all(self) -> list[Call]:
+        """Every call in stage order: the order on the wire, so a batch cut short leaves a stage prefix."""
+        return [*self.stored, self.announced, *self.searchable]
+
+    def creation_outcomes(self, answers: Sequence[Answer]) -> tuple[list[int | None], list[int | None]]:
+        """Split the answers of ``stored`` into the resources' revisions and the match keys' outcomes."""
+        revisions = [a if isinstance(a, int) else None for a in answers[: len(self.stored)]]
+        # After the resources comes the facts' create, then one create per match key.
+        return revisions[: len(self.resources)], revisions[len(self.resources) + 1 :]
+
+
+def _writes(state: GatewayState, intake: Intake) -> _Writes:
     parsed, now, scope = intake.parsed, intake.received_at, intake.scope
-    creations = [state.store.creation(r, scope, now) for r in parsed.resources]
-    # Stage 1. The facts are created, never replaced: on a repeat, a later Observation's facts stay.
-    # The possible-duplicate index rides in the same batch as creates (duplicates.py); only keys
-    # that existed already then need a read and a compare-and-set, and Flags when they match.
-    sightings = first_sighting_writes(state, parsed, now)
-    written = await write_all(
-        state.js, [*creations, facts_creation(parsed.referral_id, parsed.facts), *sightings]
+    resources = tuple(state.store.creation(r, scope, now) for r in parsed.resources)
+    # The facts are created, never replaced: on a repeat, a later Observation's facts stay. The
+    # possible-duplicate index rides with the creates (duplicates.py); only keys that existed already
+    # then need a read and a compare-and-set, and Flags when they match.
+    stored = (
+        *resources,
+        facts_creation(parsed.referral_id, parsed.facts),
+        *first_sighting_writes(state, parsed, now),
     )
-    revisions = written[: len(creations)]
-    flags = await link_possible_duplicates(state, parsed, now, written[len(creations) + 1 :])
-    # Stage 2. Announced only once everything it names is stored.
     event = referral_pb2.ReferralReceived(
         event_id=derived_id("referral-received", parsed.referral_id),
         occurred_at=to_timestamp(now),
         referral_id=parsed.referral_id,
         facts=parsed.facts,
     )
-    await bus.publish_event(state.js, topology.REFERRAL_RECEIVED, event, msg_id=event.event_id)
-    # Stage 3. Searchable only once announced; audited before the answer, as every write is. The
-    # referral's own id is the interaction's: fresh per referral, and the same when a sweep or a retry
-    # completes it again, so the AuditEvent is written once.
+    # Audited before the answer, as every write is. The referral's own id is the interaction's: fresh
+    # per referral, and the same when a sweep or a retry completes it again, so the AuditEvent is
+    # written once.
     audit = audit_record(
         state,
         intake.principal,
         "C",
-        [*parsed.locations, *flags],
+        list(parsed.locations),
         purpose="COC",
         at=now,
         request_id=intake.request_id,
@@ -183,7 +220,88 @@ async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
         patient=f"Patient/{parsed.patient_id}",
     )
     index = [state.store.index_entry(*entry) for entry in search_entries(parsed, intake.principal)]
-    await asyncio.gather(write_all(state.js, [*index, *audit.writes]), audit.publish(state.js))
+    return _Writes(
+        resources=resources,
+        stored=stored,
+        announced=bus.event_call(topology.REFERRAL_RECEIVED, event, msg_id=event.event_id),
+        searchable=(*index, *audit.writes, audit.publish_call()),
+    )
+
+
+async def store(state: GatewayState, intake: Intake, *, record_written: bool = False) -> StoredAnswer:
+    """Write the intake record (unless ``record_written``) and every write of the referral, with one wait.
+
+    The calls go out in stage order (record, stored, announced, searchable) on one connection, so a
+    death part way leaves what a death between stages of ``complete`` leaves, and the sweeper
+    finishes it the same way (ADR 13). If the batch fails, the referral is completed in stages as
+    ``complete`` does, first making sure its record is there.
+    """
+    writes = _writes(state, intake)
+    record = [] if record_written else [_record_write(state, intake)]
+    try:
+        answers = await send_all(state.js, [*record, *writes.all])
+    except Exception as error:
+        log_event(
+            _log,
+            "intake batch failed; completing it in stages",
+            logging.WARNING,
+            referral_id=intake.parsed.referral_id,
+            error=type(error).__name__,
+        )
+        if not record_written:
+            # The batch may or may not have stored the record: created now or there already, alike.
+            await write_all(state.js, record)
+        return await _complete(state, intake, writes)
+    if record and answers[0] is None:
+        _record_exists(intake)
+    revisions, sightings = writes.creation_outcomes(answers[len(record) :])
+    return await _linked_and_answered(state, intake, writes, revisions, sightings)
+
+
+async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
+    """Do every write of the referral in three acknowledged stages and return the 201 answer.
+
+    Each write is idempotent: safe to repeat. The sweeper and a retry use this to finish a referral a
+    dead request left, as ``store`` does when its one batch fails.
+    """
+    return await _complete(state, intake, _writes(state, intake))
+
+
+async def _complete(state: GatewayState, intake: Intake, writes: _Writes) -> StoredAnswer:
+    # Stage 1: the resources, the facts and the match keys. Stage 2: announced only once everything
+    # it names is stored. Stage 3: searchable only once announced.
+    answers = await send_all(state.js, writes.stored)
+    await send_all(state.js, [writes.announced])
+    await send_all(state.js, writes.searchable)
+    revisions, sightings = writes.creation_outcomes(answers)
+    return await _linked_and_answered(state, intake, writes, revisions, sightings)
+
+
+async def _linked_and_answered(
+    state: GatewayState,
+    intake: Intake,
+    writes: _Writes,
+    revisions: Sequence[int | None],
+    sightings: Sequence[int | None],
+) -> StoredAnswer:
+    """Link the referral to earlier ones of what may be the same child, audit the Flags, answer."""
+    parsed = intake.parsed
+    flags = await link_possible_duplicates(state, parsed, intake.received_at, sightings)
+    if flags:
+        # Their own interaction (one id per referral, so a repeat writes nothing new): the Flags are
+        # known only once the referral's writes are acknowledged.
+        audit = audit_record(
+            state,
+            intake.principal,
+            "C",
+            flags,
+            purpose="COC",
+            at=intake.received_at,
+            request_id=intake.request_id,
+            interaction_id=derived_id("possible-duplicates", parsed.referral_id),
+            patient=f"Patient/{parsed.patient_id}",
+        )
+        await send_all(state.js, [*audit.writes, audit.publish_call()])
     log_event(
         _log,
         "referral accepted",
@@ -191,7 +309,7 @@ async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
         organisation=intake.principal.organisation_id,
         possible_duplicates=len(flags),
     )
-    return await _answer(state, intake, creations, revisions)
+    return await _answer(state, intake, writes.resources, revisions)
 
 
 async def _answer(

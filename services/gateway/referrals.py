@@ -165,8 +165,7 @@ async def _intake(
     keys = _request_keys(request, principal, conditional_identifier)
     if not keys:
         record = _record(principal, parsed, now, request, shape, [])
-        await intake.begin(state, record)
-        answer = await intake.complete(state, record)
+        answer = await intake.store(state, record)
         intake.forget_later(state, record.key)
         return fhir_response(answer.body, answer.status, answer.headers)
     claims: list[IdempotencyClaim] = []
@@ -206,7 +205,7 @@ async def _intake(
     else:
         # From here a failure leaves the claims pending and naming this referral: the sweeper, or a
         # retry once the claim is stale, completes the intake and answers them; never a second referral.
-        answer = await intake.complete(state, pending)
+        answer = await intake.store(state, pending, record_written=True)
     await asyncio.gather(*(taken.complete(answer) for taken in claims))
     if pending is not None:
         intake.forget_later(state, pending.key)
