@@ -131,6 +131,13 @@ async def test_police_then_edt_same_child_is_flagged_never_merged(
         EXT_POSSIBLE_DUPLICATE_OF: f"ServiceRequest/{police_referral_id}",
     }
     assert flag["status"] == "active" and flag["subject"]["reference"] == f"Patient/{edt_patient}"
+    # Its creation is audited once, with the child it was raised for (its own AuditEvent: the Flag is
+    # known only after the referral's writes are acknowledged).
+    audits = await client.get("/fhir/AuditEvent", params={"entity": f"Flag/{flag['id']}"}, headers=OPERATOR)
+    assert audits.status_code == 200, audits.text
+    [created] = [e["resource"] for e in audits.json()["entry"] if e["resource"]["action"] == "C"]
+    named = {e["what"]["reference"] for e in created["entity"]}
+    assert {f"Flag/{flag['id']}", f"Patient/{edt_patient}"} <= named
     # Found from either child record, by the LA and by operators; read back by id.
     assert [f["id"] for f in await flags_of(client, MANCHESTER, police_patient)] == [flag["id"]]
     assert [f["id"] for f in await flags_of(client, OPERATOR, police_patient)] == [flag["id"]]

@@ -2,14 +2,15 @@
 
 Each test makes the gateway "die" at one point of the intake by failing one JetStream call there (the
 rest of the intake never runs, as after a crash), against the session's real nats-server, then lets
-the sweeper (or a retry with the same X-Request-ID) finish the job.
+the sweeper (or a retry with the same X-Request-ID) finish the job. The last ones make the intake's
+one batch fail without a death: the gateway completes the referral in stages and answers 201.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from haven.kit import topology
-from haven.kit.batch import KvWrite, write_all
+from haven.kit.batch import Answer, Call, KvWrite, Publish, send_all, write_all
 from haven.kit.ids import derived_id
 from haven.kit.kv_keys import list_bucket_keys
 from haven.referral.v1 import referral_pb2
@@ -365,3 +366,62 @@ def stored_intake(state: GatewayState, bundle: dict[str, Any], *claims: str) -> 
     token = POLICE["Authorization"].removeprefix("Bearer ")
     principal = verify_token(state.verifier, token, now=state.clock())
     return intake.Intake(parsed, principal, state.clock(), "", "transaction", claims)
+
+
+class _BatchGoesWrong:
+    """``intake.send_all`` whose first batch of a whole referral goes wrong after ``sent`` of its calls.
+
+    The calls before the cut are really sent to nats-server (a batch cut short, or one whose answers
+    are lost when ``sent`` is all of it); the caller is told it failed, and the gateway carries on.
+    """
+
+    def __init__(self, sent: int | None) -> None:
+        self.sent = sent
+        self.failed = False
+
+    async def __call__(
+        self, js: JetStreamContext, calls: Sequence[Call], timeout: float = 5.0
+    ) -> list[Answer]:
+        whole_referral = any(
+            isinstance(c, KvWrite) and c.key.startswith(intake.PREFIX) for c in calls
+        ) and any(isinstance(c, Publish) and c.subject == topology.REFERRAL_RECEIVED for c in calls)
+        if self.failed or not whole_referral:
+            return await send_all(js, calls, timeout)
+        self.failed = True
+        await send_all(js, calls[: self.sent], timeout)
+        raise TimeoutError("JetStream answers missing")
+
+
+def cut_after_announcement(bundle: dict[str, Any], state: GatewayState) -> int:
+    """How many calls of the one-batch intake of ``bundle`` come before the search index entries."""
+    writes = intake._writes(state, stored_intake(state, bundle))
+    return 1 + len(writes.all) - len(writes.searchable)
+
+
+@pytest.mark.parametrize("cut", ["answers lost", "after the announcement"])
+async def test_a_failed_batch_is_completed_in_stages_and_stored_once(
+    gateway: tuple[httpx.AsyncClient, GatewayState],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cut: str,
+) -> None:
+    http, state = gateway
+    bundle = a_referral()
+    goes_wrong = _BatchGoesWrong(None if cut == "answers lost" else cut_after_announcement(bundle, state))
+    monkeypatch.setattr(intake, "send_all", goes_wrong)
+
+    answer = await http.post("/fhir", json=bundle, headers=POLICE)
+
+    assert answer.status_code == 201, answer.text
+    assert goes_wrong.failed
+    referral_id = answer.headers["Location"].removeprefix("ServiceRequest/")
+    assert await found_by_case_number(http, bundle) == [referral_id]
+    assert await received_events(state.js, referral_id) == 1
+    audits = await http.get(
+        "/fhir/AuditEvent", params={"entity": f"ServiceRequest/{referral_id}"}, headers=OPERATOR
+    )
+    assert [e["resource"]["action"] for e in audits.json()["entry"]].count("C") == 1
+    assert "intake batch failed; completing it in stages" in caplog.text
+    assert "Patient" not in caplog.text and bundle["entry"][0]["resource"]["birthDate"] not in caplog.text
+    await intake.finish_purges()
+    assert referral_id not in await pending_referrals(state)
