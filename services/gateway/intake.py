@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -200,7 +201,7 @@ def _writes(state: GatewayState, intake: Intake) -> _Writes:
         *first_sighting_writes(state, parsed, now),
     )
     event = referral_pb2.ReferralReceived(
-        event_id=derived_id("referral-received", parsed.referral_id),
+        event_id=_received_event_id(parsed.referral_id),
         occurred_at=to_timestamp(now),
         referral_id=parsed.referral_id,
         facts=parsed.facts,
@@ -236,6 +237,11 @@ async def store(state: GatewayState, intake: Intake, *, record_written: bool = F
     finishes it the same way (ADR 13). If the batch fails, the referral is completed in stages as
     ``complete`` does, first making sure its record is there.
     """
+    with _announcing(intake):
+        return await _store(state, intake, record_written)
+
+
+async def _store(state: GatewayState, intake: Intake, record_written: bool) -> StoredAnswer:
     writes = _writes(state, intake)
     record = [] if record_written else [_record_write(state, intake)]
     try:
@@ -264,7 +270,18 @@ async def complete(state: GatewayState, intake: Intake) -> StoredAnswer:
     Each write is idempotent: safe to repeat. The sweeper and a retry use this to finish a referral a
     dead request left, as ``store`` does when its one batch fails.
     """
-    return await _complete(state, intake, _writes(state, intake))
+    with _announcing(intake):
+        return await _complete(state, intake, _writes(state, intake))
+
+
+def _announcing(intake: Intake) -> contextlib.AbstractContextManager[object]:
+    """Return the span of the referral's ``ReferralReceived`` publish, open while its intake is sent."""
+    return bus.producer_span(topology.REFERRAL_RECEIVED, _received_event_id(intake.parsed.referral_id))
+
+
+def _received_event_id(referral_id: str) -> str:
+    # Derived: a completion repeated publishes the same id, which the stream's duplicate window drops.
+    return derived_id("referral-received", referral_id)
 
 
 async def _complete(state: GatewayState, intake: Intake, writes: _Writes) -> StoredAnswer:

@@ -9,8 +9,9 @@ exception is treated as transient, with a growing delay, until ``max_deliver`` r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import nats
@@ -22,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from haven.kit import telemetry
 from haven.kit.batch import Publish
@@ -77,14 +78,25 @@ async def publish_event(
     headers: Mapping[str, str] | None = None,
 ) -> int:
     """Publish a protobuf event with de-duplication and trace headers; return its stream sequence."""
-    with _tracer.start_as_current_span(f"publish {subject}", kind=SpanKind.PRODUCER) as span:
-        span.set_attribute("messaging.system", "nats")
-        span.set_attribute("messaging.destination.name", subject)
-        span.set_attribute("messaging.message.id", msg_id)
+    with producer_span(subject, msg_id):
         all_headers = telemetry.inject_headers(dict(headers or {}))
         all_headers["Nats-Msg-Id"] = msg_id
         ack = await js.publish(subject, event.SerializeToString(), headers=all_headers)
         return int(ack.seq)
+
+
+@contextlib.contextmanager
+def producer_span(subject: str, msg_id: str) -> Iterator[Span]:
+    """Open the PRODUCER span of one event's publish (``publish <subject>``), current while it is open.
+
+    ``publish_event`` opens it itself; a caller sending an ``event_call`` in a batch opens it around
+    building the call (whose trace headers then name this span) and sending the batch.
+    """
+    with _tracer.start_as_current_span(f"publish {subject}", kind=SpanKind.PRODUCER) as span:
+        span.set_attribute("messaging.system", "nats")
+        span.set_attribute("messaging.destination.name", subject)
+        span.set_attribute("messaging.message.id", msg_id)
+        yield span
 
 
 def event_call(
