@@ -175,7 +175,13 @@ async def test_audit_search_for_operators(client: httpx.AsyncClient) -> None:
     assert missing.status_code == 400 and first_issue(missing)["expression"] == ["entity"]
     found = await client.get("/fhir/AuditEvent", params={"entity": patient}, headers=OPERATOR)
     assert found.status_code == 200
-    events = [e["resource"] for e in found.json()["entry"]]
+    # The example child was referred by earlier tests too: the possible-duplicate Flags of this
+    # referral are audited in an AuditEvent of their own (ADR 13), left out here.
+    events = [
+        e["resource"]
+        for e in found.json()["entry"]
+        if not any(x["what"]["reference"].startswith("Flag/") for x in e["resource"]["entity"])
+    ]
     assert [(e["action"], e["agent"][0]["who"]["reference"]) for e in events] == [
         ("C", "Organization/demo-police"),
         ("R", "Organization/demo-police"),

@@ -6,7 +6,6 @@ records (who, what, when, even the caller's X-Request-ID); only the interaction 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from nats.aio.client import Client as NatsClient
 
-from haven.kit.batch import write_all
+from haven.kit.batch import send_all
 from haven.organisations import Role
 from services.gateway.audit_log import audit_record
 from services.gateway.security.principal import Principal
@@ -97,7 +96,7 @@ async def test_a_repeated_write_of_one_interaction_is_one_audit_event(
 
     before = await audit_messages(nats_client)
     for record in (build(), build()):  # a retry, and the same interaction built again (a sweep)
-        await asyncio.gather(record.publish(state.js), write_all(state.js, record.writes))
+        await send_all(state.js, [record.publish_call(), *record.writes])
 
     assert await audit_messages(nats_client) == before + 1
     assert [e["id"] for e in await audit_events(client, task)] == [build().event["id"]]
