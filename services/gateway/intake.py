@@ -20,7 +20,8 @@ Only when all of it is acknowledged is the referrer answered 201; then the recor
 A record still there later belongs to a request that died: ``sweep`` (at start and periodically)
 completes it, and ``complete_stale_claim`` lets a retry of the same ``X-Request-ID`` finish it at
 once and get its answer. So a referral whose record was written is never lost and never half
-visible, and one whose record was not written left nothing behind.
+visible, and one whose record was not written left nothing behind (unless nats-server refused the
+record while storing later writes of its batch: ADR 13).
 """
 
 from __future__ import annotations
