@@ -8,12 +8,12 @@ interaction records (the event, its stored copy and ``entity`` index entries) fo
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from fastapi import Request
 
 from haven.kit import topology
@@ -37,7 +37,7 @@ class AuditRecord:
         """Return the publish of the event on HAVEN_AUDIT, for a batch (its id is its Nats-Msg-Id)."""
         return Publish(
             topology.AUDIT_RECORDED,
-            json.dumps(self.event, separators=(",", ":")).encode(),
+            orjson.dumps(self.event),
             {"Nats-Msg-Id": str(self.event["id"])},
         )
 

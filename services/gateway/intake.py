@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, NoReturn
 
+import orjson
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -94,7 +95,9 @@ class Intake:
     def to_json(self) -> bytes:
         """Encode the record (facts as their protobuf bytes, so nothing is lost in translation)."""
         parsed, principal = self.parsed, self.principal
-        return json.dumps(
+        # orjson: compact JSON like json.dumps(separators=...), UTF-8 rather than \u escapes, in a
+        # fraction of the time (the record repeats every resource of the referral).
+        return orjson.dumps(
             {
                 "referral_id": parsed.referral_id,
                 "patient_id": parsed.patient_id,
@@ -111,9 +114,8 @@ class Intake:
                 "request_id": self.request_id,
                 "shape": self.shape,
                 "claims": list(self.claims),
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> Intake:
