@@ -369,7 +369,7 @@ def stored_intake(state: GatewayState, bundle: dict[str, Any], *claims: str) -> 
 
 
 class _BatchGoesWrong:
-    """``intake.send_all`` whose first batch of a whole referral goes wrong after ``sent`` of its calls.
+    """``intake.send_all`` whose first one-wait batch of a referral goes wrong after ``sent`` of its calls.
 
     The calls before the cut are really sent to nats-server (a batch cut short, or one whose answers
     are lost when ``sent`` is all of it); the caller is told it failed, and the gateway carries on.
@@ -382,35 +382,41 @@ class _BatchGoesWrong:
     async def __call__(
         self, js: JetStreamContext, calls: Sequence[Call], timeout: float = 5.0
     ) -> list[Answer]:
-        whole_referral = any(
-            isinstance(c, KvWrite) and c.key.startswith(intake.PREFIX) for c in calls
-        ) and any(isinstance(c, Publish) and c.subject == topology.REFERRAL_RECEIVED for c in calls)
-        if self.failed or not whole_referral:
+        # The one-wait batch holds the announcement among other calls (the stages send it alone).
+        one_wait = len(calls) > 1 and any(
+            isinstance(c, Publish) and c.subject == topology.REFERRAL_RECEIVED for c in calls
+        )
+        if self.failed or not one_wait:
             return await send_all(js, calls, timeout)
         self.failed = True
         await send_all(js, calls[: self.sent], timeout)
         raise TimeoutError("JetStream answers missing")
 
 
-def cut_after_announcement(bundle: dict[str, Any], state: GatewayState) -> int:
-    """How many calls of the one-batch intake of ``bundle`` come before the search index entries."""
+def cut_after_announcement(bundle: dict[str, Any], state: GatewayState, *, with_record: bool) -> int:
+    """How many calls of the one-wait batch of ``bundle`` come before the search index entries."""
     writes = intake._writes(state, stored_intake(state, bundle))
-    return 1 + len(writes.all) - len(writes.searchable)
+    return int(with_record) + len(writes.all) - len(writes.searchable)
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["no request id", "X-Request-ID"])
 @pytest.mark.parametrize("cut", ["answers lost", "after the announcement"])
 async def test_a_failed_batch_is_completed_in_stages_and_stored_once(
     gateway: tuple[httpx.AsyncClient, GatewayState],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     cut: str,
+    keyed: bool,
 ) -> None:
     http, state = gateway
     bundle = a_referral()
-    goes_wrong = _BatchGoesWrong(None if cut == "answers lost" else cut_after_announcement(bundle, state))
+    # With a request key the record is written (and acknowledged) before the batch, not in it.
+    sent = None if cut == "answers lost" else cut_after_announcement(bundle, state, with_record=not keyed)
+    goes_wrong = _BatchGoesWrong(sent)
     monkeypatch.setattr(intake, "send_all", goes_wrong)
+    headers = {**POLICE, **({"X-Request-ID": f"batch-{secrets.token_hex(8)}"} if keyed else {})}
 
-    answer = await http.post("/fhir", json=bundle, headers=POLICE)
+    answer = await http.post("/fhir", json=bundle, headers=headers)
 
     assert answer.status_code == 201, answer.text
     assert goes_wrong.failed
@@ -425,3 +431,6 @@ async def test_a_failed_batch_is_completed_in_stages_and_stored_once(
     assert "Patient" not in caplog.text and bundle["entry"][0]["resource"]["birthDate"] not in caplog.text
     await intake.finish_purges()
     assert referral_id not in await pending_referrals(state)
+    if keyed:  # the request key was answered: a retry gets the same answer, not a second referral
+        again = await http.post("/fhir", json=bundle, headers=headers)
+        assert (again.status_code, again.json()) == (201, answer.json())
