@@ -15,13 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
 
 from haven.eligibility.v1 import eligibility_pb2
 from haven.kit import bus, topology
 from tests.e2e.conftest import RunningHaven
 from tests.support.client import auth_headers, example, referral_id_of, token
+from tests.support.jetstream_probes import stored_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -52,23 +51,9 @@ def _wait_for(probe: Any, timeout: float = 15.0) -> Any:
 
 async def _bus_messages(haven: RunningHaven, stream: str, subject: str) -> list[bytes]:
     client = await bus.connect(haven.system.nats_url, "e2e-observer")
-    js = client.jetstream()
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=subject,
-        inactive_threshold=5,
-    )
-    subscription = await js.pull_subscribe(subject, stream=stream, config=config)
-    found: list[bytes] = []
     try:
-        while True:
-            try:
-                found.extend(m.data for m in await subscription.fetch(256, timeout=0.3))
-            except (TimeoutError, FetchTimeoutError):
-                return found
+        return await stored_messages(client.jetstream(), stream, subject)
     finally:
-        await subscription.unsubscribe()
         await client.close()
 
 
