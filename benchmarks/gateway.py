@@ -16,6 +16,8 @@ servers and the ratio is the servers' own).
    process started its own schedule at the same moment, so "100/s" arrived as 50 pairs a second, the
    second of each pair queued behind the first); each process opens its connections before the
    clock starts.
+   The gateway is also measured at KEYED_RATE with an ``X-Request-ID`` on every request, as a
+   referrer that retries safely sends (the key is claimed before, and answered after, the intake).
 2. Accepted referrals per second with 32 requests in flight (closed loop), and at each fixed rate.
 3. CPU per accepted referral during the closed loop, of the server process and of nats-server: the
    figure that moves least when other work shares the machine (latencies and rates move a lot). Also
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import date, timedelta
 from multiprocessing import Pool
 from multiprocessing.pool import Pool as ProcessPool
@@ -52,6 +55,8 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
 
 RATES = (100, 300)
+# The rate of the gateway's phase with an X-Request-ID on every request.
+KEYED_RATE = 100
 # Long enough for the p99 to rest on several hundred answers at the lower rate.
 SECONDS_PER_RATE = 6.0
 THROUGHPUT_SECONDS = 4.0
@@ -253,8 +258,13 @@ def _request_head(headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\nContent-Length: ").encode()
 
 
+def _with_request_id(head: bytes) -> bytes:
+    """Return ``head`` with a fresh ``X-Request-ID``: a referrer retrying safely sends one each time."""
+    return head.replace(b"Content-Length: ", f"X-Request-ID: {uuid.uuid4()}\r\nContent-Length: ".encode())
+
+
 async def _open_loop_one(
-    port: int, head: bytes, bodies: list[bytes], rate: float, seconds: float, start_at: float
+    port: int, head: bytes, bodies: list[bytes], rate: float, seconds: float, start_at: float, keyed: bool
 ) -> tuple[list[float], int, float]:
     """Start requests on schedule (open loop) whatever the answers; a new connection when all are busy.
 
@@ -270,9 +280,10 @@ async def _open_loop_one(
     async def one(body: bytes) -> None:
         nonlocal failures
         connection = idle.pop() if idle else await _Connection.open(port)
+        request_head = _with_request_id(head) if keyed else head
         started = time.perf_counter()
         try:
-            status = await connection.post(head, body)
+            status = await connection.post(request_head, body)
         except (OSError, asyncio.IncompleteReadError):
             failures += 1
             connection.close()
@@ -330,24 +341,35 @@ _Job = tuple[str, int, bytes, list[bytes], float, float, float]
 def _client_process(job: _Job) -> tuple[list[float], int, float]:
     """Run one load-generator process's share of a phase and return its latencies and counts.
 
-    ``job`` is ("open", port, head, bodies, rate, seconds, start_at) or ("closed", port, head, bodies,
-    in_flight, seconds, 0).
+    ``job`` is ("open", port, head, bodies, rate, seconds, start_at), "open-keyed" alike (each request
+    with its own ``X-Request-ID``), or ("closed", port, head, bodies, in_flight, seconds, 0).
     """
     kind, port, head, bodies, a, seconds, start_at = job
-    if kind == "open":
-        return asyncio.run(_open_loop_one(port, head, bodies, a, seconds, start_at))
+    if kind.startswith("open"):
+        return asyncio.run(_open_loop_one(port, head, bodies, a, seconds, start_at, kind == "open-keyed"))
     return [], asyncio.run(_closed_loop_one(port, head, bodies, int(a), seconds)), seconds
 
 
 def _open_loop(
-    pool: ProcessPool, port: int, head: bytes, bodies: list[bytes], rate: int, seconds: float
+    pool: ProcessPool,
+    port: int,
+    head: bytes,
+    bodies: list[bytes],
+    rate: int,
+    seconds: float,
+    *,
+    keyed: bool = False,
 ) -> dict[str, float]:
-    """Spread the arrival rate over the client processes; merge their latencies."""
+    """Spread the arrival rate over the client processes; merge their latencies.
+
+    ``keyed``: each request carries its own ``X-Request-ID`` (claimed and answered by the gateway).
+    """
     share = [bodies[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
     # Process i sends the i-th, (i + n)-th, ... request of one schedule: arrivals 1/rate apart.
     start_at = time.monotonic() + _SCHEDULE_LEAD_SECONDS
+    kind = "open-keyed" if keyed else "open"
     jobs: list[_Job] = [
-        ("open", port, head, share[i], rate / CLIENT_PROCESSES, seconds, start_at + i / rate)
+        (kind, port, head, share[i], rate / CLIENT_PROCESSES, seconds, start_at + i / rate)
         for i in range(CLIENT_PROCESSES)
     ]
     latencies: list[float] = []
@@ -400,6 +422,12 @@ def main() -> dict[str, float]:
                     )
                     for name, value in figures.items():
                         results[f"{kind}_{name}_at_{rate}_per_s"] = value
+                if kind == "gateway":
+                    # As a referrer retrying safely posts: each request with its own X-Request-ID.
+                    bodies = children.take(int(KEYED_RATE * SECONDS_PER_RATE))
+                    keyed = _open_loop(pool, port, head, bodies, KEYED_RATE, SECONDS_PER_RATE, keyed=True)
+                    for name in ("p50_ms", "p99_ms", "failures"):
+                        results[f"gateway_keyed_{name}_at_{KEYED_RATE}_per_s"] = keyed[name]
                 cpu_before = (_cpu_seconds(process.pid), _cpu_seconds(nats.process.pid))
                 bodies = children.take(int(_CLOSED_LOOP_MAX_RATE * THROUGHPUT_SECONDS))
                 closed_rate = _closed_loop(pool, port, head, bodies, THROUGHPUT_SECONDS)

@@ -16,7 +16,8 @@ leaves. ``complete`` sends the stages one after another, each acknowledged befor
 finishes a referral a dead request left, and a batch that failed. The possible-duplicate Flags come
 after the stages, once the match keys' outcomes are known.
 
-Only when all of it is acknowledged is the referrer answered 201; then the record is purged.
+Only when all of it is acknowledged is the referrer answered 201; then, off the answer's path, the
+request's own idempotency keys get the answer and the record is purged (``finish_later``).
 A record still there later belongs to a request that died: ``sweep`` (at start and periodically)
 completes it, and ``complete_stale_claim`` lets a retry of the same ``X-Request-ID`` finish it at
 once and get its answer. So a referral whose record was written is never lost and never half
@@ -54,7 +55,7 @@ from haven.referral.v1 import referral_pb2
 from services.gateway.audit_log import audit_record
 from services.gateway.duplicates import first_sighting_writes, link_possible_duplicates
 from services.gateway.fhir import ParsedReferral, transaction_response_bundle
-from services.gateway.idempotency import StoredAnswer, complete_if_pending
+from services.gateway.idempotency import IdempotencyClaim, StoredAnswer, complete_if_pending
 from services.gateway.observations import facts_creation
 from services.gateway.security.principal import Principal
 from services.gateway.state import GatewayState
@@ -232,8 +233,8 @@ def _writes(state: GatewayState, intake: Intake) -> _Writes:
     )
 
 
-async def store(state: GatewayState, intake: Intake, *, record_written: bool = False) -> StoredAnswer:
-    """Write the intake record (unless ``record_written``) and every write of the referral, with one wait.
+async def store(state: GatewayState, intake: Intake) -> StoredAnswer:
+    """Write the intake record and every write of the referral, with one wait.
 
     The calls go out in stage order (record, stored, announced, searchable) on one connection, so a
     death part way leaves what a death between stages of ``complete`` leaves, and the sweeper
@@ -241,14 +242,14 @@ async def store(state: GatewayState, intake: Intake, *, record_written: bool = F
     ``complete`` does, first making sure its record is there.
     """
     with _announcing(intake):
-        return await _store(state, intake, record_written)
+        return await _store(state, intake)
 
 
-async def _store(state: GatewayState, intake: Intake, record_written: bool) -> StoredAnswer:
+async def _store(state: GatewayState, intake: Intake) -> StoredAnswer:
     writes = _writes(state, intake)
-    record = [] if record_written else [_record_write(state, intake)]
+    record = _record_write(state, intake)
     try:
-        answers = await send_all(state.js, [*record, *writes.all])
+        answers = await send_all(state.js, [record, *writes.all])
     except Exception as error:
         log_event(
             _log,
@@ -257,13 +258,12 @@ async def _store(state: GatewayState, intake: Intake, record_written: bool) -> S
             referral_id=intake.parsed.referral_id,
             error=type(error).__name__,
         )
-        if not record_written:
-            # The batch may or may not have stored the record: created now or there already, alike.
-            await write_all(state.js, record)
+        # The batch may or may not have stored the record: created now or there already, alike.
+        await write_all(state.js, [record])
         return await _complete(state, intake, writes)
-    if record and answers[0] is None:
+    if answers[0] is None:
         _record_exists(intake)
-    revisions, sightings = writes.creation_outcomes(answers[len(record) :])
+    revisions, sightings = writes.creation_outcomes(answers[1:])
     return await _linked_and_answered(state, intake, writes, revisions, sightings)
 
 
@@ -406,27 +406,43 @@ async def forget(state: GatewayState, key: str) -> None:
     )
 
 
-# Purges run after the answer; kept referenced here so the loop does not drop them half done.
+# What runs after the answer; kept referenced here so the loop does not drop it half done.
 _background: set[asyncio.Task[None]] = set()
 
 
-def forget_later(state: GatewayState, key: str) -> None:
-    """Purge the record after the answer (off the response path: a record left over is only swept)."""
-    task = asyncio.create_task(_forget_quietly(state, key))
+def finish_later(
+    state: GatewayState, intake: Intake, answer: StoredAnswer, claims: Sequence[IdempotencyClaim] = ()
+) -> None:
+    """After the answer, off its path: store it under the request's own ``claims``, then purge the record.
+
+    A copy of the request waiting on one of the keys gets the answer a moment after the referrer does
+    (ADR 14). The record goes only once every key has its answer: if anything here fails, the record
+    stays, and the sweeper (or a retry once a key's claim is stale) answers the keys and purges it.
+    """
+    task = asyncio.create_task(_finish_quietly(state, intake, answer, claims))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
 
-async def finish_purges() -> None:
-    """Wait for the purges still running (at shutdown: so a clean stop leaves no record to sweep)."""
+async def finish_background() -> None:
+    """Wait for what still runs after answers (at shutdown: so a clean stop leaves nothing to sweep)."""
     await asyncio.gather(*_background, return_exceptions=True)
 
 
-async def _forget_quietly(state: GatewayState, key: str) -> None:
+async def _finish_quietly(
+    state: GatewayState, intake: Intake, answer: StoredAnswer, claims: Sequence[IdempotencyClaim]
+) -> None:
     try:
-        await forget(state, key)
-    except Exception as error:  # the sweeper finds the record and completes it again: no loss
-        log_event(_log, "intake record not purged", logging.WARNING, key=key, error=type(error).__name__)
+        await asyncio.gather(*(taken.complete(answer) for taken in claims))
+        await forget(state, intake.key)
+    except Exception as error:  # the sweeper finds the record and finishes it: no loss
+        log_event(
+            _log,
+            "intake not finished after its answer; the sweeper finishes it",
+            logging.WARNING,
+            referral_id=intake.parsed.referral_id,
+            error=type(error).__name__,
+        )
 
 
 async def load(state: GatewayState, referral_id: str) -> Intake | None:

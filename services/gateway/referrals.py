@@ -166,7 +166,7 @@ async def _intake(
     if not keys:
         record = _record(principal, parsed, now, request, shape, [])
         answer = await intake.store(state, record)
-        intake.forget_later(state, record.key)
+        intake.finish_later(state, record, answer)
         return fhir_response(answer.body, answer.status, answer.headers)
     claims: list[IdempotencyClaim] = []
     try:
@@ -191,24 +191,20 @@ async def _intake(
         ) from None
     try:
         found = await _existing(state, principal, conditional_identifier, now, shape)
-        pending = None if found is not None else _record(principal, parsed, now, request, shape, claims)
-        if pending is not None:
-            await intake.begin(state, pending)
     except Exception:
         # Nothing stored: a corrected retry must be free to proceed.
         for taken in claims:
             await taken.release()
         raise
-    if pending is None:
-        assert found is not None
-        answer = found
-    else:
-        # From here a failure leaves the claims pending and naming this referral: the sweeper, or a
-        # retry once the claim is stale, completes the intake and answers them; never a second referral.
-        answer = await intake.store(state, pending, record_written=True)
-    await asyncio.gather(*(taken.complete(answer) for taken in claims))
-    if pending is not None:
-        intake.forget_later(state, pending.key)
+    if found is not None:
+        await asyncio.gather(*(taken.complete(found) for taken in claims))
+        return fhir_response(found.body, found.status, found.headers)
+    pending = _record(principal, parsed, now, request, shape, claims)
+    # From here a failure leaves the claims pending and naming this referral (ADR 14): the sweeper, or
+    # a retry once a claim is stale, completes the intake and answers them; if not even its record was
+    # stored, the retry takes the claim over. Never a second referral.
+    answer = await intake.store(state, pending)
+    intake.finish_later(state, pending, answer, claims)
     return fhir_response(answer.body, answer.status, answer.headers)
 
 

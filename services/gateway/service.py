@@ -90,7 +90,7 @@ async def run(ctx: ServiceContext, settings: GatewaySettings, clock: Clock = sys
     # Readiness is already false (the lifecycle set it); now stop accepting and finish what is in flight.
     server.should_exit = True
     await task
-    await intake.finish_purges()
+    await intake.finish_background()
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper

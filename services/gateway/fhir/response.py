@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+from haven.kit.ids import derived_id
 
 
 def transaction_response_bundle(
@@ -18,11 +19,13 @@ def transaction_response_bundle(
     """Build a `transaction-response` Bundle with one entry per created resource, in request order.
 
     `locations` are `Type/id` (ParsedReferral.locations). Replaying an idempotent request should
-    pass status "200 OK" and the original `last_modified`.
+    pass status "200 OK" and the original `last_modified`. The Bundle's id is derived from what it
+    says: a referral completed again (by the sweeper, for a retry) answers byte for byte as first.
     """
+    stamp = last_modified.isoformat()
     return {
         "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
+        "id": derived_id("transaction-response", status, version_id, stamp, *locations),
         "type": "transaction-response",
         "entry": [
             {
@@ -30,7 +33,7 @@ def transaction_response_bundle(
                     "status": status,
                     "location": f"{location}/_history/{version_id}",
                     "etag": f'W/"{version_id}"',
-                    "lastModified": last_modified.isoformat(),
+                    "lastModified": stamp,
                 }
             }
             for location in locations

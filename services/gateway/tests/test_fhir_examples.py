@@ -164,6 +164,9 @@ def test_transaction_response_lists_locations_in_request_order() -> None:
         f"Observation/{parsed.resources[2]['id']}/_history/1",
     ]
     assert {e["response"]["status"] for e in response["entry"]} == {"201 Created"}
+    assert transaction_response_bundle(parsed.locations, last_modified=stamp) == response, "completed again"
+    replayed = transaction_response_bundle(parsed.locations, last_modified=stamp, status="200 OK")
+    assert replayed["id"] != response["id"]
 
 
 def test_unknown_referrer_kind_is_a_programming_error() -> None:

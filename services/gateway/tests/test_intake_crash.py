@@ -28,6 +28,7 @@ from haven.kit.kv_keys import list_bucket_keys
 from haven.referral.v1 import referral_pb2
 from services.gateway import intake
 from services.gateway.fhir import ReferrerContext, parse_referral_bundle
+from services.gateway.idempotency import IdempotencyClaim, StoredAnswer
 from services.gateway.security.tokens import verify_token
 from services.gateway.state import GatewayState
 from services.gateway.testing import bearer, in_process_app
@@ -393,10 +394,10 @@ class _BatchGoesWrong:
         raise TimeoutError("JetStream answers missing")
 
 
-def cut_after_announcement(bundle: dict[str, Any], state: GatewayState, *, with_record: bool) -> int:
+def cut_after_announcement(bundle: dict[str, Any], state: GatewayState) -> int:
     """How many calls of the one-wait batch of ``bundle`` come before the search index entries."""
     writes = intake._writes(state, stored_intake(state, bundle))
-    return int(with_record) + len(writes.all) - len(writes.searchable)
+    return 1 + len(writes.all) - len(writes.searchable)  # the intake record first
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["no request id", "X-Request-ID"])
@@ -410,8 +411,8 @@ async def test_a_failed_batch_is_completed_in_stages_and_stored_once(
 ) -> None:
     http, state = gateway
     bundle = a_referral()
-    # With a request key the record is written (and acknowledged) before the batch, not in it.
-    sent = None if cut == "answers lost" else cut_after_announcement(bundle, state, with_record=not keyed)
+    # With a request key or without, the record is the batch's first call (ADR 14).
+    sent = None if cut == "answers lost" else cut_after_announcement(bundle, state)
     goes_wrong = _BatchGoesWrong(sent)
     monkeypatch.setattr(intake, "send_all", goes_wrong)
     headers = {**POLICE, **({"X-Request-ID": f"batch-{secrets.token_hex(8)}"} if keyed else {})}
@@ -429,8 +430,39 @@ async def test_a_failed_batch_is_completed_in_stages_and_stored_once(
     assert [e["resource"]["action"] for e in audits.json()["entry"]].count("C") == 1
     assert "intake batch failed; completing it in stages" in caplog.text
     assert "Patient" not in caplog.text and bundle["entry"][0]["resource"]["birthDate"] not in caplog.text
-    await intake.finish_purges()
+    await intake.finish_background()
     assert referral_id not in await pending_referrals(state)
     if keyed:  # the request key was answered: a retry gets the same answer, not a second referral
         again = await http.post("/fhir", json=bundle, headers=headers)
         assert (again.status_code, again.json()) == (201, answer.json())
+
+
+async def test_a_request_key_left_unanswered_after_the_201_keeps_the_record_for_the_sweeper(
+    gateway: tuple[httpx.AsyncClient, GatewayState],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    clock: MovableClock,
+) -> None:
+    http, state = gateway
+    bundle = a_referral()
+    headers = {**POLICE, "X-Request-ID": f"late-{secrets.token_hex(8)}"}
+
+    async def answer_lost(self: IdempotencyClaim, answer: StoredAnswer) -> None:
+        raise ConnectionError("the key's answer was not stored")
+
+    # The key gets its answer after the referrer does (ADR 14): here that store fails.
+    monkeypatch.setattr(IdempotencyClaim, "complete", answer_lost)
+    answer = await http.post("/fhir", json=bundle, headers=headers)
+    await intake.finish_background()
+    monkeypatch.undo()
+
+    assert answer.status_code == 201, answer.text
+    referral_id = answer.headers["Location"].removeprefix("ServiceRequest/")
+    assert referral_id in await pending_referrals(state), "the record stays until its key is answered"
+    assert "intake not finished after its answer; the sweeper finishes it" in caplog.text
+    assert await sweep_later(state, clock) >= 1
+    assert referral_id not in await pending_referrals(state)
+    again = await http.post("/fhir", json=bundle, headers=headers)
+    assert (again.status_code, again.json()) == (201, answer.json())
+    assert await found_by_case_number(http, bundle) == [referral_id]
+    assert await received_events(state.js, referral_id) == 1
