@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal, TypeVar
 
+import orjson
+
 from services.gateway.fhir.profile import BASE
 
 from .principal import Principal
@@ -144,9 +146,21 @@ def audit_event(
     # is de-duplicated by Nats-Msg-Id, while two interactions differ in their ids even when `recorded`
     # and everything else match (the clock ticks in milliseconds). The content still counts because
     # one request may record several events (a create, then the records it moved).
-    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"))
-    event["id"] = str(uuid.uuid5(_AUDIT_NAMESPACE, f"{interaction_id}|{canonical}"))
+    event["id"] = str(uuid.uuid5(_AUDIT_NAMESPACE, f"{interaction_id}|{canonical_json(event)}"))
     return event
+
+
+def canonical_json(event: dict[str, Any]) -> str:
+    """Return ``event`` as ``json.dumps(event, sort_keys=True, separators=(",", ":"))`` does.
+
+    The AuditEvent ids derive from this form, so it must never change. orjson writes the same text
+    for ASCII content (sorted keys, no spaces) about ten times faster; text with other characters,
+    which ``json.dumps`` escapes and orjson does not, takes ``json.dumps`` itself.
+    """
+    fast = orjson.dumps(event, option=orjson.OPT_SORT_KEYS).decode()
+    if fast.isascii():
+        return fast
+    return json.dumps(event, sort_keys=True, separators=(",", ":"))
 
 
 def _code(codes: type[_Code], value: str, name: str) -> str:

@@ -1,5 +1,7 @@
 """AuditEvents are valid FHIR, name organisation, role, record and purpose, and carry no free text."""
 
+import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -7,7 +9,7 @@ import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
 from haven.organisations import Role
-from services.gateway.security import Outcome, Principal, Purpose, audit_event, outcome_for_status
+from services.gateway.security import Outcome, Principal, Purpose, audit, audit_event, outcome_for_status
 from services.gateway.security.access import Action
 
 AT = datetime(2026, 11, 23, 2, 30, 15, 123456, tzinfo=UTC)
@@ -79,6 +81,20 @@ def test_the_id_is_stable_for_the_same_event_and_differs_for_another() -> None:
     assert event()["id"] == event()["id"]
     assert event()["id"] != event(at=AT + timedelta(milliseconds=1))["id"]
     assert event()["id"] != event(entity_reference="Task/t-2")["id"]
+
+
+def test_the_id_is_derived_from_the_canonical_json_dumps_form_as_it_always_was() -> None:
+    recorded = event()
+    without_id = {k: v for k, v in recorded.items() if k != "id"}
+    canonical = json.dumps(without_id, sort_keys=True, separators=(",", ":"))
+    interaction = "6f1c2a52-0c52-4f57-9d6b-3c3c6d1b6a10"
+    assert recorded["id"] == str(uuid.uuid5(audit._AUDIT_NAMESPACE, f"{interaction}|{canonical}"))
+
+
+@pytest.mark.parametrize("text", ["plain", "Zoë", "\u00e9\u4e2d", 'quote " and \\ slash', "\n\t"])
+def test_the_canonical_form_is_json_dumps_for_any_text(text: str) -> None:
+    value = {"b": [text, 1, True, None], "a": {"z": text, "y": {}}}
+    assert audit.canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def test_two_interactions_alike_to_the_millisecond_have_different_ids() -> None:
