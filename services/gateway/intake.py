@@ -155,7 +155,11 @@ def _record_write(state: GatewayState, intake: Intake) -> KvWrite:
 
 
 async def begin(state: GatewayState, intake: Intake) -> None:
-    """Write the intake record: from here on the referral is completed, by this request or the sweeper."""
+    """Write the intake record alone: from here on the referral is completed, by a request or the sweeper.
+
+    ``store`` sends the record as the first call of its batch instead; this is for staging a record
+    as a request that died right after writing it would leave it (the crash tests do).
+    """
     [revision] = await write_all(state.js, [_record_write(state, intake)])
     if revision is None:
         _record_exists(intake)
