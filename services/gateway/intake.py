@@ -55,7 +55,7 @@ from haven.referral.v1 import referral_pb2
 from services.gateway.audit_log import audit_record
 from services.gateway.duplicates import first_sighting_writes, link_possible_duplicates
 from services.gateway.fhir import ParsedReferral, transaction_response_bundle
-from services.gateway.idempotency import IdempotencyClaim, StoredAnswer, complete_if_pending
+from services.gateway.idempotency import StoredAnswer, complete_if_pending
 from services.gateway.observations import facts_creation
 from services.gateway.security.principal import Principal
 from services.gateway.state import GatewayState
@@ -414,16 +414,14 @@ async def forget(state: GatewayState, key: str) -> None:
 _background: set[asyncio.Task[None]] = set()
 
 
-def finish_later(
-    state: GatewayState, intake: Intake, answer: StoredAnswer, claims: Sequence[IdempotencyClaim] = ()
-) -> None:
-    """After the answer, off its path: store it under the request's own ``claims``, then purge the record.
+def finish_later(state: GatewayState, intake: Intake, answer: StoredAnswer) -> None:
+    """After the answer, off its path: ``finish`` the intake (its keys get the answer, the record goes).
 
-    A copy of the request waiting on one of the keys gets the answer a moment after the referrer does
+    A copy of the request waiting on one of its keys gets the answer a moment after the referrer does
     (ADR 14). The record goes only once every key has its answer: if anything here fails, the record
     stays, and the sweeper (or a retry once a key's claim is stale) answers the keys and purges it.
     """
-    task = asyncio.create_task(_finish_quietly(state, intake, answer, claims))
+    task = asyncio.create_task(_finish_quietly(state, intake, answer))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
@@ -433,12 +431,9 @@ async def finish_background() -> None:
     await asyncio.gather(*_background, return_exceptions=True)
 
 
-async def _finish_quietly(
-    state: GatewayState, intake: Intake, answer: StoredAnswer, claims: Sequence[IdempotencyClaim]
-) -> None:
+async def _finish_quietly(state: GatewayState, intake: Intake, answer: StoredAnswer) -> None:
     try:
-        await asyncio.gather(*(taken.complete(answer) for taken in claims))
-        await forget(state, intake.key)
+        await finish(state, intake, answer)
     except Exception as error:  # the sweeper finds the record and finishes it: no loss
         log_event(
             _log,

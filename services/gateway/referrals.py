@@ -162,15 +162,9 @@ async def _intake(
 ) -> JSONResponse:
     """Store and announce a validated referral once, whatever the path and however often it is sent."""
     now = state.clock()
-    keys = _request_keys(request, principal, conditional_identifier)
-    if not keys:
-        record = _record(principal, parsed, now, request, shape, [])
-        answer = await intake.store(state, record)
-        intake.finish_later(state, record, answer)
-        return fhir_response(answer.body, answer.status, answer.headers)
     claims: list[IdempotencyClaim] = []
     try:
-        for key in keys:
+        for key in _request_keys(request, principal, conditional_identifier):
             taken = await claim(
                 state.idempotency,
                 key,
@@ -190,6 +184,7 @@ async def _intake(
             409, IssueType.CONFLICT, "an identical request is still being processed; retry shortly"
         ) from None
     try:
+        # Without ifNoneExist no lookup (None at once); without keys, nothing to release below.
         found = await _existing(state, principal, conditional_identifier, now, shape)
     except Exception:
         # Nothing stored: a corrected retry must be free to proceed.
@@ -204,7 +199,7 @@ async def _intake(
     # a retry once a claim is stale, completes the intake and answers them; if not even its record was
     # stored, the retry takes the claim over. Never a second referral.
     answer = await intake.store(state, pending)
-    intake.finish_later(state, pending, answer, claims)
+    intake.finish_later(state, pending, answer)
     return fhir_response(answer.body, answer.status, answer.headers)
 
 

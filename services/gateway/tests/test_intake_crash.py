@@ -28,7 +28,6 @@ from haven.kit.kv_keys import list_bucket_keys
 from haven.referral.v1 import referral_pb2
 from services.gateway import intake
 from services.gateway.fhir import ReferrerContext, parse_referral_bundle
-from services.gateway.idempotency import IdempotencyClaim, StoredAnswer
 from services.gateway.security.tokens import verify_token
 from services.gateway.state import GatewayState
 from services.gateway.testing import bearer, in_process_app
@@ -447,11 +446,11 @@ async def test_a_request_key_left_unanswered_after_the_201_keeps_the_record_for_
     bundle = a_referral()
     headers = {**POLICE, "X-Request-ID": f"late-{secrets.token_hex(8)}"}
 
-    async def answer_lost(self: IdempotencyClaim, answer: StoredAnswer) -> None:
+    async def answer_lost(*_: object) -> None:
         raise ConnectionError("the key's answer was not stored")
 
     # The key gets its answer after the referrer does (ADR 14): here that store fails.
-    monkeypatch.setattr(IdempotencyClaim, "complete", answer_lost)
+    monkeypatch.setattr(intake, "complete_if_pending", answer_lost)
     answer = await http.post("/fhir", json=bundle, headers=headers)
     await intake.finish_background()
     monkeypatch.undo()
